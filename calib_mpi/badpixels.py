@@ -8,7 +8,7 @@ from enum import IntFlag
 
 import numpy as np
 
-__all__ = ["BadPixels", "BAD_PIXEL_DTYPE"]
+__all__ = ["BadPixels", "BAD_PIXEL_DTYPE", "bits"]
 
 BAD_PIXEL_DTYPE = np.uint32
 
@@ -39,3 +39,11 @@ class BadPixels(IntFlag):
     NON_LIN_RESPONSE_REGION = 1 << 20
     WRONG_GAIN_VALUE = 1 << 21
     NON_STANDARD_SIZE = 1 << 22
+
+
+def bits(*flags: BadPixels) -> np.uint32:
+    """The OR of ``flags`` as a numpy uint32 scalar, for ``mask |= bits(...)`` on uint32 arrays."""
+    v = 0
+    for f in flags:
+        v |= int(f)
+    return np.uint32(v)

@@ -1,0 +1,180 @@
+"""Command-line entry point: ``mpirun -n N calib-mpi run.conf [--key value ...]``.
+
+Steps: preprocess (scan files, plan) -> gather + process (streamed together) -> join.
+Errors about the input, configuration or output are raised identically on every rank and end
+the job with exit code 2 and one message; anything unexpected is logged with its rank and
+ends the whole job through ``MPI.COMM_WORLD.Abort``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import io
+import json
+import logging
+import os
+import socket
+import sys
+import time
+import traceback
+
+import numpy as np
+from mpi4py import MPI
+
+from . import __version__
+from .config import Config, parse_config
+from .errors import CalibError
+from .gather import gather_run
+from .geometry import XFEL_FRAME, asic_blocks
+from .join import write_module
+from .parallel import resolve_driver
+from .preprocess import make_plan, output_path
+from .recipes.dark import DarkRecipe
+
+log = logging.getLogger("calib_mpi")
+
+RECIPES = {"dark": DarkRecipe}
+
+
+def _setup_logging(cfg: Config | None, rank: int) -> None:
+    level = logging.INFO
+    if cfg is not None:
+        level = logging.WARNING if cfg.quiet else (logging.DEBUG if cfg.verbose else logging.INFO)
+    if rank != 0:
+        level = max(level, logging.WARNING)
+    logging.basicConfig(level=level, stream=sys.stderr,
+                        format=f"[calib-mpi r{rank}] %(message)s", force=True)
+
+
+def _provenance(cfg: Config, plan, comm: MPI.Comm, started: str) -> dict:
+    files = [fi for fl in plan.files.values() for fi in fl]
+    inputs = []
+    for fi in files:
+        st = os.stat(fi.path)
+        inputs.append({"path": fi.path, "size": st.st_size,
+                       "mtime": dt.datetime.fromtimestamp(st.st_mtime, dt.timezone.utc)
+                       .isoformat()})
+    return {
+        "calib_mpi_version": __version__,
+        "config": json.dumps(cfg.as_dict(), default=str),
+        "input_files": json.dumps(inputs),
+        "n_ranks": comm.size,
+        "host": socket.gethostname(),
+        "started": started,
+        "finished": dt.datetime.now(dt.timezone.utc).isoformat(),
+    }
+
+
+def run(cfg: Config, comm: MPI.Comm) -> dict:
+    """Run the configured steps; collective. Returns a summary (rank 0; {} elsewhere)."""
+    started = dt.datetime.now(dt.timezone.utc).isoformat()
+    driver = resolve_driver(cfg.io_driver, comm)
+    t0 = time.monotonic()
+    plan = make_plan(comm, cfg)
+    if comm.rank == 0:
+        log.info("plan: %d run(s), %d module(s), %d cells, %d rank(s), I/O driver %s",
+                 len(plan.runs), len(plan.modules), plan.n_cells, comm.size, driver)
+    if cfg.dry_run or cfg.steps == ("preprocess",):
+        if comm.rank == 0:
+            print(plan.summary())
+        return {"plan": plan}
+    if "gather" not in cfg.steps or "process" not in cfg.steps:
+        raise CalibError(f"steps = {' '.join(cfg.steps)}: gather and process run together "
+                         "(frames are streamed, not stored); include both")
+    blocks = asic_blocks(XFEL_FRAME)
+    recipe = RECIPES[cfg.measurement](cfg, plan)
+    recipe.start(plan.units_of(comm.rank))
+    rejected = {}
+    for ri in range(len(plan.runs)):
+        rej = gather_run(comm, plan, ri, blocks, recipe.consume, driver, cfg.chunk_frames)
+        recipe.end_run(ri)
+        for k, v in rej.items():
+            rejected[(ri, k)] = rejected.get((ri, k), 0) + v
+    t_gather = time.monotonic() - t0
+    results = recipe.finalize(comm)
+    extra = recipe.module_extra(comm, results)
+    summary = recipe.summary(comm, results)
+    outputs = []
+    if "join" in cfg.steps:
+        prov = _provenance(cfg, plan, comm, started)
+        for m in plan.modules:
+            attrs = dict(prov)
+            attrs.update({
+                "measurement": cfg.measurement, "facility": cfg.facility, "module": m,
+                "n_cells": plan.n_cells, "runs": np.array(plan.runs),
+                "trains_used": np.array([plan.trains_used[(ri, m)]
+                                         for ri in range(len(plan.runs))]),
+                "dropped": json.dumps({str(plan.runs[ri]): plan.dropped[(ri, m)]
+                                       for ri in range(len(plan.runs))}),
+            })
+            ex = dict(extra[m])
+            ex["metadata/runs"] = np.array(plan.runs)
+            ex["metadata/trains_used"] = attrs["trains_used"]
+            write_module(comm, plan, m, output_path(cfg, m), driver,
+                         asic_blocks(XFEL_FRAME, m), XFEL_FRAME, recipe.specs,
+                         {u: results[u] for u in plan.units_in_module(comm.rank, m)},
+                         attrs, ex)
+            outputs.append(output_path(cfg, m))
+    elapsed = time.monotonic() - t0
+    if comm.rank != 0:
+        return {}
+    return {"plan": plan, "summary": summary, "outputs": outputs, "elapsed": elapsed,
+            "t_gather": t_gather, "rejected": rejected}
+
+
+def print_summary(cfg: Config, info: dict) -> None:
+    """Short human-readable report of a finished run (rank 0)."""
+    plan = info["plan"]
+    print(f"calib-mpi {__version__}: {cfg.measurement} calibration of module(s) "
+          f"{', '.join(str(m) for m in plan.modules)} — {plan.n_cells} cells, "
+          f"{plan.n_ranks} rank(s), {info['elapsed']:.1f} s")
+    names = ("high", "medium", "low")
+    for m in plan.modules:
+        used = ", ".join(f"run {r}: {plan.trains_used[(ri, m)]}"
+                         for ri, r in enumerate(plan.runs))
+        print(f"  module {m:2d}  trains used: {used}")
+        s = info["summary"].get(m, {})
+        for g in range(3):
+            off = s.get("offset", [np.nan] * 3)[g]
+            noi = s.get("noise", [np.nan] * 3)[g]
+            print(f"     {names[g]:>6} gain: median offset {off:8.1f} ADU, median noise "
+                  f"{noi:6.2f} ADU, bad pixel-cells {int(s['bad'][g])}")
+    for p in info["outputs"]:
+        print(f"  wrote {p}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point."""
+    argv = sys.argv[1:] if argv is None else argv
+    comm = MPI.COMM_WORLD
+    cfg = None
+    try:
+        if comm.rank == 0:
+            cfg = parse_config(argv)
+        else:  # parse quietly: rank 0 prints help, version and usage errors
+            with contextlib.redirect_stdout(io.StringIO()), \
+                    contextlib.redirect_stderr(io.StringIO()):
+                cfg = parse_config(argv)
+        _setup_logging(cfg, comm.rank)
+        info = run(cfg, comm)
+        if comm.rank == 0 and not cfg.quiet and "summary" in info:
+            print_summary(cfg, info)
+        return 0
+    except SystemExit as e:  # --help / --version
+        return int(e.code or 0)
+    except CalibError as e:  # raised identically on every rank (see parallel.agree)
+        if comm.rank == 0:
+            print(f"calib-mpi: error: {e}", file=sys.stderr, flush=True)
+        return 2
+    except BaseException:
+        sys.stderr.write(f"[calib-mpi r{comm.rank}] unexpected error, aborting the job:\n"
+                         + traceback.format_exc())
+        sys.stderr.flush()
+        if comm.size > 1:
+            comm.Abort(1)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

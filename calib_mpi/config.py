@@ -1,0 +1,259 @@
+"""Configuration: config file + command line + environment, over per-facility defaults.
+
+Precedence (highest first): command line, ``CALIB_MPI_<KEY>`` environment variables, the
+user's config file, ``facility_specifics/<facility>.conf``, built-in defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import configargparse
+
+from . import __version__
+from .errors import ConfigError
+
+FACILITIES = ("xfel", "cfel")
+MEASUREMENTS = ("dark",)
+ALL_STEPS = ("preprocess", "gather", "process", "join")
+ENV_PREFIX = "CALIB_MPI_"
+
+
+def facility_dir() -> Path:
+    """Directory holding ``<facility>.conf`` (``CALIB_MPI_FACILITY_DIR`` overrides it)."""
+    env = os.environ.get("CALIB_MPI_FACILITY_DIR")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parent.parent / "facility_specifics"
+
+
+def parse_int_list(values: list[str] | str | None, key: str) -> list[int]:
+    """Parse ``["0-3", "5,7", "9 10"]`` into ``[0, 1, 2, 3, 5, 7, 9, 10]``."""
+    if values is None:
+        return []
+    if isinstance(values, str):
+        values = [values]
+    out: list[int] = []
+    for item in values:
+        for tok in re.split(r"[\s,\[\]]+", str(item)):
+            if not tok:
+                continue
+            m = re.fullmatch(r"(\d+)(?:-(\d+))?", tok)
+            if not m:
+                raise ConfigError(
+                    f"{key}: cannot read {tok!r}; expected integers or ranges like '0-15'"
+                )
+            lo = int(m.group(1))
+            hi = int(m.group(2)) if m.group(2) else lo
+            if hi < lo:
+                raise ConfigError(f"{key}: range {tok!r} is empty")
+            out.extend(range(lo, hi + 1))
+    return out
+
+
+def parse_word_list(values: list[str] | str | None) -> list[str]:
+    """Split config/CLI values on whitespace and commas."""
+    if values is None:
+        return []
+    if isinstance(values, str):
+        values = [values]
+    return [t for item in values for t in re.split(r"[\s,\[\]]+", str(item)) if t]
+
+
+@dataclass(frozen=True)
+class Config:
+    """Resolved, validated configuration of one calib-mpi job."""
+
+    facility: str
+    measurement: str
+    input_dir: Path
+    runs: tuple[int, ...]
+    modules: tuple[int, ...]
+    output_dir: Path
+    detector: str = "SPB_DET_AGIPD1M-1"
+    run_dir_pattern: str = "r{run:04d}"
+    file_pattern: str = "RAW-R{run:04d}-AGIPD{module:02d}-S{seq:05d}.h5"
+    source_pattern: str = "{detector}/DET/{module}CH0:xtdf"
+    steps: tuple[str, ...] = ALL_STEPS
+    overwrite: bool = False
+    n_cells: int = 0
+    chunk_frames: int = 256
+    io_driver: str = "auto"
+    offset_sigma: float = 5.0
+    noise_sigma: float = 5.0
+    offset_hard: tuple[float, float] = (0.0, 16383.0)
+    noise_hard: tuple[float, float] = (0.1, 500.0)
+    gain_separation_sigma: float = 3.0
+    dry_run: bool = False
+    verbose: int = 0
+    quiet: bool = False
+    config_file: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        """JSON-friendly view (paths as strings) for provenance attributes."""
+        d = dataclasses.asdict(self)
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()}
+
+
+def _base_parser(default_files: list[str]) -> configargparse.ArgParser:
+    p = configargparse.ArgParser(
+        prog="calib-mpi",
+        description=(
+            "Compute AGIPD calibration constants (offset, noise, gain thresholds, bad pixels) "
+            "from raw runs, in parallel with MPI: mpirun -n 16 calib-mpi run.conf"
+        ),
+        default_config_files=default_files,
+        auto_env_var_prefix=ENV_PREFIX,
+        formatter_class=configargparse.ArgumentDefaultsHelpFormatter,
+        epilog=(
+            "Every option can be given in the config file as 'key = value' (e.g. "
+            "'modules = 0-15'), on the command line as --key value, or as environment "
+            "variable CALIB_MPI_<KEY>. Precedence: command line > environment > config file > "
+            "facility_specifics/<facility>.conf > built-in defaults."
+        ),
+    )
+    p.add_argument("config", nargs="?", is_config_file=True, help="config file (key = value)")
+    p.add_argument("--version", action="version", version=f"calib-mpi {__version__}")
+    return p
+
+
+def build_parser(default_files: list[str] | None = None) -> configargparse.ArgParser:
+    """The full command-line parser (also used for ``--help``)."""
+    p = _base_parser(default_files or [])
+    g = p.add_argument_group("what to compute")
+    g.add_argument("--facility", choices=FACILITIES, default="xfel",
+                   help="facility defaults to load from facility_specifics/<facility>.conf")
+    g.add_argument("--measurement", choices=MEASUREMENTS, default="dark",
+                   help="kind of calibration run set")
+    g.add_argument("--input_dir", "--input-dir",
+                   help="XFEL: directory holding the run folders rNNNN/")
+    g.add_argument("--runs", "--run", nargs="+",
+                   help="run numbers; dark: exactly three, in the order high, medium, low gain")
+    g.add_argument("--modules", "--module", nargs="+",
+                   help="module numbers, e.g. '0 3' or '0-15'")
+    g.add_argument("--detector", help="XFEL detector source prefix, e.g. SPB_DET_AGIPD1M-1")
+    g.add_argument("--n_cells", "--n-cells", type=int, default=0,
+                   help="number of memory cells of the constants (0: max(cellId)+1 of all files)")
+    g = p.add_argument_group("output")
+    g.add_argument("--output_dir", "--output-dir", help="directory for the results")
+    g.add_argument("--steps", nargs="+", default=list(ALL_STEPS),
+                   help=f"steps to run, a subset of {' '.join(ALL_STEPS)}")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace existing results (default: refuse)")
+    g.add_argument("--dry_run", "--dry-run", action="store_true",
+                   help="print the plan (files, trains, cells, rank assignment) and stop")
+    g = p.add_argument_group("file layout (facility defaults)")
+    g.add_argument("--run_dir_pattern", "--run-dir-pattern", default="r{run:04d}",
+                   help="run folder name inside input_dir")
+    g.add_argument("--file_pattern", "--file-pattern",
+                   default="RAW-R{run:04d}-AGIPD{module:02d}-S{seq:05d}.h5",
+                   help="raw file name of one module and sequence")
+    g.add_argument("--source_pattern", "--source-pattern",
+                   default="{detector}/DET/{module}CH0:xtdf", help="detector source name")
+    g = p.add_argument_group("performance")
+    g.add_argument("--chunk_frames", "--chunk-frames", type=int, default=256,
+                   help="frames read per slab; bounds memory per rank (~0.75 MB per frame)")
+    g.add_argument("--io_driver", "--io-driver", choices=("auto", "mpio", "posix"),
+                   default="auto",
+                   help="HDF5 driver: mpio (parallel HDF5), posix (serial), auto (mpio if h5py "
+                        "has MPI support)")
+    g = p.add_argument_group("bad pixels (dark)")
+    g.add_argument("--offset_sigma", "--offset-sigma", type=float, default=5.0,
+                   help="flag offsets further than this many robust sigmas from the module "
+                        "median per (gain, cell)")
+    g.add_argument("--noise_sigma", "--noise-sigma", type=float, default=5.0,
+                   help="same for the noise")
+    g.add_argument("--offset_hard", "--offset-hard", nargs=2, type=float,
+                   default=[0.0, 16383.0], help="hard [low, high] limits of the offset (ADU)")
+    g.add_argument("--noise_hard", "--noise-hard", nargs=2, type=float,
+                   default=[0.1, 500.0], help="hard [low, high] limits of the noise (ADU)")
+    g.add_argument("--gain_separation_sigma", "--gain-separation-sigma", type=float,
+                   default=3.0,
+                   help="minimum (gl[g+1]-gl[g])/(sd[g]+sd[g+1]) between gain levels")
+    g = p.add_argument_group("messages")
+    g.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    g.add_argument("-q", "--quiet", action="store_true", help="errors only")
+    return p
+
+
+def _facility_file(argv: list[str]) -> str:
+    pre = _base_parser([])
+    pre.add_argument("--facility", default="xfel")
+    known, _ = pre.parse_known_args(argv)
+    if known.facility not in FACILITIES:
+        raise ConfigError(f"facility: {known.facility!r} is not one of {', '.join(FACILITIES)}")
+    path = facility_dir() / f"{known.facility}.conf"
+    if not path.is_file():
+        raise ConfigError(f"facility defaults {path} not found (facility = {known.facility})")
+    return str(path)
+
+
+def parse_config(argv: list[str]) -> Config:
+    """Parse and validate the configuration; raises :class:`ConfigError` with the key at fault."""
+    fac_file = _facility_file(argv)
+    parser = build_parser([fac_file])
+    try:
+        ns = parser.parse_args(argv)
+    except SystemExit as e:
+        if e.code == 0:
+            raise
+        raise ConfigError("invalid command line or config file (see the message above)") from e
+    if ns.config and not Path(ns.config).is_file():
+        raise ConfigError(f"config file {ns.config} does not exist")
+
+    missing = [k for k in ("input_dir", "runs", "modules", "output_dir") if not getattr(ns, k)]
+    if missing:
+        raise ConfigError(
+            "missing required setting(s): " + ", ".join(missing)
+            + " (give them in the config file as 'key = value' or as --key value)"
+        )
+    runs = tuple(parse_int_list(ns.runs, "runs"))
+    modules = tuple(parse_int_list(ns.modules, "modules"))
+    if any(m > 15 for m in modules):
+        raise ConfigError(f"modules: {modules} — AGIPD1M modules are 0..15")
+    if len(set(modules)) != len(modules):
+        raise ConfigError(f"modules: {modules} lists a module twice")
+    steps = tuple(parse_word_list(ns.steps))
+    bad = [s for s in steps if s not in ALL_STEPS]
+    if bad:
+        raise ConfigError(f"steps: unknown step(s) {bad}; expected a subset of {ALL_STEPS}")
+    if ns.measurement == "dark" and len(runs) != 3:
+        raise ConfigError(
+            f"runs: dark needs exactly three runs (high, medium, low gain), got {len(runs)}: "
+            f"{list(runs)}"
+        )
+    if ns.chunk_frames < 1:
+        raise ConfigError("chunk_frames must be at least 1")
+    if ns.facility != "xfel":
+        raise ConfigError(f"facility {ns.facility!r} is not supported yet (only 'xfel')")
+    return Config(
+        facility=ns.facility,
+        measurement=ns.measurement,
+        input_dir=Path(ns.input_dir),
+        runs=runs,
+        modules=modules,
+        output_dir=Path(ns.output_dir),
+        detector=ns.detector or "SPB_DET_AGIPD1M-1",
+        run_dir_pattern=ns.run_dir_pattern,
+        file_pattern=ns.file_pattern,
+        source_pattern=ns.source_pattern,
+        steps=tuple(s for s in ALL_STEPS if s in steps),
+        overwrite=ns.overwrite,
+        n_cells=ns.n_cells,
+        chunk_frames=ns.chunk_frames,
+        io_driver=ns.io_driver,
+        offset_sigma=ns.offset_sigma,
+        noise_sigma=ns.noise_sigma,
+        offset_hard=tuple(ns.offset_hard),
+        noise_hard=tuple(ns.noise_hard),
+        gain_separation_sigma=ns.gain_separation_sigma,
+        dry_run=ns.dry_run,
+        verbose=ns.verbose,
+        quiet=ns.quiet,
+        config_file=ns.config,
+    )

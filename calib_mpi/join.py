@@ -1,0 +1,127 @@
+"""Join: write each module's constants with one collective parallel HDF5 write.
+
+Every rank opens the module file (mpio, collectively), creates the same datasets, and writes
+the hyperslabs of the ASICs it owns with collective writes (ranks owning fewer ASICs of the
+module take part with empty selections). The file is written as ``<name>.tmp`` and renamed
+by rank 0 once every rank has closed it, so no half-written file ever has the final name.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+from mpi4py import MPI
+
+from .geometry import AsicBlock
+from .parallel import agree, open_h5
+from .plan import Plan, Unit
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A per-pixel result dataset ``(lead..., cell, frame_rows, frame_cols)``."""
+
+    name: str
+    lead: tuple[int, ...]
+    dtype: type
+    dims: tuple[str, ...]
+
+
+def tmp_name(path: Path) -> Path:
+    """Temporary name used while ``path`` is being written."""
+    return path.with_name(path.name + ".tmp")
+
+
+def _write(dset: h5py.Dataset, start: tuple[int, ...] | None, arr: np.ndarray | None,
+           collective: bool) -> None:
+    """One (collective) write of ``arr`` at ``start``, or an empty contribution."""
+    fspace = dset.id.get_space()
+    dxpl = h5py.h5p.create(h5py.h5p.DATASET_XFER)
+    if collective:
+        dxpl.set_dxpl_mpio(h5py.h5fd.MPIO_COLLECTIVE)
+    if arr is None:
+        fspace.select_none()
+        mspace = h5py.h5s.create_simple((1,))
+        mspace.select_none()
+        buf = np.zeros(1, dset.dtype)
+    else:
+        buf = np.ascontiguousarray(arr, dtype=dset.dtype)
+        fspace.select_hyperslab(start, buf.shape)
+        mspace = h5py.h5s.create_simple(buf.shape)
+    dset.id.write(mspace, fspace, buf, dxpl=dxpl)
+
+
+def _set_attr(obj, key: str, value) -> None:
+    if isinstance(value, str):
+        obj.attrs[key] = value
+    elif isinstance(value, (list, tuple)) and value and isinstance(value[0], str):
+        obj.attrs[key] = np.array(value, dtype=h5py.string_dtype())
+    else:
+        obj.attrs[key] = value
+
+
+def write_module(comm: MPI.Comm, plan: Plan, module: int, path: Path, driver: str,
+                 blocks: list[AsicBlock], frame_shape: tuple[int, int],
+                 specs: list[DatasetSpec], results: dict[Unit, dict[str, np.ndarray]],
+                 attrs: dict, extra: dict[str, np.ndarray]) -> None:
+    """Collectively write one module file (all ranks call this for every module).
+
+    ``results`` holds this rank's units; ``attrs`` (root attributes) and ``extra`` (small
+    datasets, path -> array) must be identical on all ranks.
+    """
+    tmp = tmp_name(path)
+    err = None
+    if comm.rank == 0:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if tmp.exists():
+                tmp.unlink()
+        except OSError as e:
+            err = e
+    agree(comm, err)
+    collective = driver == "mpio"
+    mine = [u for u in plan.units_of(comm.rank) if u.module == module]
+    n_calls = max(len(plan.units_in_module(r, module)) for r in range(comm.size))
+    if driver != "mpio":
+        if comm.size != 1:
+            raise RuntimeError("serial HDF5 output needs a single rank")
+    try:
+        f = open_h5(str(tmp), "w", driver, comm)
+    except Exception as e:  # collective open: every rank sees the failure
+        err = e
+    agree(comm, err and OSError(f"{tmp}: cannot be created ({err})"))
+    with f:
+        for k, v in attrs.items():
+            _set_attr(f, k, v)
+        for name, arr in extra.items():
+            arr = np.asarray(arr)
+            if arr.dtype.kind == "U":
+                arr = arr.astype(h5py.string_dtype())
+                f.create_dataset(name, data=arr)
+            else:
+                d = f.create_dataset(name, shape=arr.shape, dtype=arr.dtype)
+                if comm.rank == 0 or driver != "mpio":
+                    d[...] = arr
+        for spec in specs:
+            shape = spec.lead + (plan.n_cells,) + tuple(frame_shape)
+            d = f.create_dataset(spec.name, shape=shape, dtype=spec.dtype)
+            d.attrs["dims"] = np.array(spec.dims, dtype=h5py.string_dtype())
+            for i in range(n_calls):
+                if i < len(mine):
+                    b = blocks[mine[i].block]
+                    start = (0,) * (len(spec.lead) + 1) + (b.rows.start, b.cols.start)
+                    _write(d, start, results[mine[i]][spec.name], collective)
+                else:
+                    _write(d, None, None, collective)
+    comm.Barrier()
+    err = None
+    if comm.rank == 0:
+        try:
+            os.replace(tmp, path)
+        except OSError as e:
+            err = e
+    agree(comm, err)

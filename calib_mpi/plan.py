@@ -1,0 +1,192 @@
+"""The plan: which files, trains and cells, which rank owns which ASIC, who reads what.
+
+Everything here is a pure function of the configuration and the file metadata, so it is
+unit-tested without MPI. Rank 0 builds the plan and broadcasts it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .geometry import N_ASICS
+from .readers.xfel import FileIndex
+
+#: memory-cell settings of European XFEL ("Memory cells" condition)
+CELL_SETTINGS = (4, 32, 64, 76, 128, 176, 202, 250, 352)
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One ASIC block of one module: the unit of work owned by exactly one rank."""
+
+    module: int
+    block: int
+
+
+@dataclass(frozen=True)
+class Slab:
+    """A contiguous range of whole frames of one file, read by one rank in one go."""
+
+    run_index: int
+    module: int
+    file_index: int
+    start: int
+    stop: int
+
+    @property
+    def n_frames(self) -> int:
+        return self.stop - self.start
+
+
+@dataclass
+class Plan:
+    """Everything every rank needs to know to gather, process and join."""
+
+    runs: tuple[int, ...]
+    modules: tuple[int, ...]
+    n_cells: int
+    n_ranks: int
+    #: (run_index, module) -> FileIndex of each sequence file, in sequence order
+    files: dict
+    #: run_index -> sorted train IDs used in the run (union over modules)
+    train_axis: dict
+    #: rank -> its units, in (module, block) order
+    owners: list
+    #: run_index -> list of rounds; a round is a list (one entry per rank) of Slab or None
+    rounds: dict
+    #: (run_index, module) -> number of trains with data
+    trains_used: dict = field(default_factory=dict)
+    #: (run_index, module) -> {reason: count} of trains/frames left out
+    dropped: dict = field(default_factory=dict)
+
+    def units_of(self, rank: int) -> list[Unit]:
+        return self.owners[rank]
+
+    def owner_of(self, unit: Unit) -> int:
+        for r, units in enumerate(self.owners):
+            if unit in units:
+                return r
+        raise KeyError(unit)
+
+    def units_in_module(self, rank: int, module: int) -> list[Unit]:
+        return [u for u in self.owners[rank] if u.module == module]
+
+    def summary(self) -> str:
+        """Human-readable description, printed by ``--dry-run``."""
+        lines = [f"cells: {self.n_cells}   ranks: {self.n_ranks}   modules: {list(self.modules)}"]
+        for ri, run in enumerate(self.runs):
+            axis = self.train_axis[ri]
+            span = f"{int(axis[0])}..{int(axis[-1])}" if len(axis) else "none"
+            lines.append(f"run {run}: {len(axis)} trains (IDs {span}), "
+                         f"{len(self.rounds[ri])} read rounds")
+            for m in self.modules:
+                fl = self.files[(ri, m)]
+                drop = self.dropped.get((ri, m)) or {}
+                extra = f", left out: {drop}" if drop else ""
+                lines.append(f"  module {m:2d}: {len(fl)} files, "
+                             f"{self.trains_used[(ri, m)]} trains with data{extra}")
+        for r, units in enumerate(self.owners):
+            desc = ", ".join(f"M{m}:{_ranges([u.block for u in units if u.module == m])}"
+                             for m in sorted({u.module for u in units}))
+            lines.append(f"rank {r}: ASIC blocks {desc or 'none'}")
+        return "\n".join(lines)
+
+
+def _ranges(xs: list[int]) -> str:
+    out, i = [], 0
+    while i < len(xs):
+        j = i
+        while j + 1 < len(xs) and xs[j + 1] == xs[j] + 1:
+            j += 1
+        out.append(f"{xs[i]}" if i == j else f"{xs[i]}-{xs[j]}")
+        i = j + 1
+    return ",".join(out)
+
+
+def assign_units(modules: tuple[int, ...], n_ranks: int) -> list[list[Unit]]:
+    """Split the modules' ASIC blocks into ``n_ranks`` contiguous, balanced groups.
+
+    Units are ordered (module, block); rank r gets ``units[r*U//R:(r+1)*U//R]``, so a module is
+    shared by as few ranks as possible. Ranks beyond the number of units get nothing.
+    """
+    units = [Unit(m, b) for m in modules for b in range(N_ASICS)]
+    n = len(units)
+    return [units[r * n // n_ranks:(r + 1) * n // n_ranks] for r in range(n_ranks)]
+
+
+def make_slabs(run_index: int, module: int, files: list[FileIndex],
+               chunk_frames: int) -> list[Slab]:
+    """Cut each file's used frame range into slabs aligned with its HDF5 chunks."""
+    slabs = []
+    for fi, info in enumerate(files):
+        start, stop = info.frame_range
+        step = max(info.chunk_frames, chunk_frames // info.chunk_frames * info.chunk_frames)
+        a = start
+        while a < stop:
+            b = min(stop, (a // step + 1) * step)
+            slabs.append(Slab(run_index, module, fi, a, b))
+            a = b
+    return slabs
+
+
+def assign_reads(slabs: list[Slab], owners: list[list[Unit]]) -> list[list[Slab | None]]:
+    """Distribute slabs over ranks in rounds (one slab per rank and round).
+
+    The slabs of a module are read round-robin by the ranks owning its ASICs, so data mostly
+    stays within the group that needs it. Returns the rounds, each a list over ranks.
+    """
+    n_ranks = len(owners)
+    queues: list[list[Slab]] = [[] for _ in range(n_ranks)]
+    by_module: dict[int, list[Slab]] = {}
+    for s in slabs:
+        by_module.setdefault(s.module, []).append(s)
+    for m, ms in by_module.items():
+        readers = [r for r in range(n_ranks) if any(u.module == m for u in owners[r])]
+        # start with the least loaded reader so that modules spread evenly
+        readers.sort(key=lambda r: (len(queues[r]), r))
+        for i, s in enumerate(ms):
+            queues[readers[i % len(readers)]].append(s)
+    n_rounds = max((len(q) for q in queues), default=0)
+    return [[q[k] if k < len(q) else None for q in queues] for k in range(n_rounds)]
+
+
+def cell_setting(max_cell: int) -> int:
+    """European XFEL memory-cell setting for a largest cellId (smallest setting > max_cell)."""
+    for s in CELL_SETTINGS:
+        if s > max_cell:
+            return s
+    return max_cell + 1
+
+
+def build_plan(runs: tuple[int, ...], modules: tuple[int, ...], files: dict, n_ranks: int,
+               chunk_frames: int, n_cells: int = 0) -> Plan:
+    """Combine the scanned file metadata into a :class:`Plan`.
+
+    ``files`` maps (run_index, module) to the list of :class:`FileIndex` of its sequences.
+    ``n_cells`` 0 means ``max(cellId) + 1`` over all files of all runs.
+    """
+    max_cell = max((fi.max_cell for fl in files.values() for fi in fl), default=-1)
+    if n_cells <= 0:
+        n_cells = max_cell + 1
+    owners = assign_units(modules, n_ranks)
+    train_axis, rounds, trains_used, dropped = {}, {}, {}, {}
+    for ri in range(len(runs)):
+        ids = [fi.train_ids for m in modules for fi in files[(ri, m)]]
+        train_axis[ri] = np.unique(np.concatenate(ids)) if ids else np.zeros(0, np.uint64)
+        slabs = []
+        for m in modules:
+            fl = files[(ri, m)]
+            trains_used[(ri, m)] = int(len(np.unique(np.concatenate(
+                [fi.train_ids for fi in fl])))) if fl else 0
+            agg: dict[str, int] = {}
+            for fi in fl:
+                for k, v in fi.dropped.items():
+                    agg[k] = agg.get(k, 0) + v
+            dropped[(ri, m)] = agg
+            slabs += make_slabs(ri, m, fl, chunk_frames)
+        rounds[ri] = assign_reads(slabs, owners)
+    return Plan(runs=tuple(runs), modules=tuple(modules), n_cells=n_cells, n_ranks=n_ranks,
+                files=files, train_axis=train_axis, owners=owners, rounds=rounds,
+                trains_used=trains_used, dropped=dropped)

@@ -1,0 +1,472 @@
+"""Current-source (drscs) scan processing: gain-stage detection, per-stage line fits, merge rule.
+
+Pure numpy (plus ``scipy.ndimage`` for the digital spike filter), vectorised over series: no
+Python loop over pixels or cells. Implements the "Rule" of ``shared/spec/measurements.md``
+section 3 and the merge rule of ``shared/spec/steps.md`` section 4.
+
+A *series* is the scan of one (cell, pixel): analog ``a[t]`` and digital ``d[t]`` at scan step
+``t = 0..T-1`` with a validity flag. Input arrays are ``(step, P)`` with ``P`` series of any
+origin (e.g. a flattened ``(cell, 64, 64)`` block); outputs are indexed ``(k, ..., P)``, with
+``k`` the gain stage (0 high, 1 medium, 2 low) or the threshold index.
+
+Algorithm of :func:`process_scan` (all steps use full step indices ``t`` and the validity mask;
+lost samples are never compacted away, see known-defects.md item 21):
+
+1. *Fluctuations*: ``Δ[t] = a[t] - a[prev(t)]`` between consecutive valid samples; candidates
+   ``Δ < diff_threshold`` or ``Δ > safety_factor``; ``>= max_diff_changes`` candidates → error 8.
+2. *Digital cleaning*: lost samples are filled with the previous valid digital value (the first
+   valid one before any), then samples deviating by ``>= spike_threshold`` from a running median
+   (``spike_window`` steps) are replaced by the median.
+3. *Switch detection* (digital): level ``L0`` = median of the cleaned digital over the
+   ``level_window`` steps from ``skip_first``; switch ``k`` is the first valid step ``b_k`` after
+   the previous switch whose cleaned digital exceeds ``L_k + digital_switch_threshold``; the next
+   level ``L_{k+1}`` is the median over the ``level_window`` steps after ``b_k``. Up to three
+   switches are searched: three → error 2 (too many stages), fewer than two → error 3.
+4. *Confirmation* (analog): for each of the two switches the mean of the last ``drop_window``
+   valid analog samples of the stage before (ending ``transition_exclude`` steps before ``b_k``)
+   minus the mean of the first ``drop_window`` valid samples of the stage after (starting
+   ``transition_exclude`` steps after ``b_k``) must exceed ``safety_factor``, else error 9.
+5. *Saturation*: inside the low stage ``[b_1, T)``, the first valid sample ``>=
+   saturation_threshold``, or the first sample of the trailing run of flat steps
+   (``|Δ| < saturation_threshold_diff``, at least ``min_flat`` steps), whichever is earlier;
+   ``T`` when there is none.
+6. *Fit ranges*: high ``[skip_first, b_0 - e)``, medium ``[b_0 + e, b_1 - e)``, low
+   ``[b_1 + e, sat - e)`` with ``e = transition_exclude``. Fewer than ``min_points[g]`` valid
+   samples → error 6.
+7. *Sub-interval fits* (spec steps 6-8): ``x(t) = t`` up to ``scaling_point`` and
+   ``scaling_point + scaling_factor·(t - scaling_point)`` after; each range is split into
+   ``n_intervals[g]`` parts (``floor(len/n) == 0`` → error 7), each part is a closed-form least
+   squares line of ``a`` vs ``x`` over its valid samples (< 2 points → error 6, zero
+   determinant → error 5); the stage value is the mean of the part fits, without the first
+   ``fit_cutoff_left`` and last ``fit_cutoff_right`` ones when there are at least 3 parts.
+8. ``gain_level[g]`` = median of the raw digital over the valid samples of the fit range;
+   ``threshold[k] = (gain_level[k] + gain_level[k + 1]) / 2``.
+
+Error codes follow the original numbering (``ERROR_CODES``); 9 and 10 are additions. The first
+failing step in the order above sets the code. ``-1`` is only an internal initial value and is
+never returned. Fitted values are kept wherever a stage could be fitted (NaN elsewhere), also
+for series with a nonzero error code; such series carry ``CI_EVAL_ERROR`` in all gains and
+their values must not be used as constants.
+
+With integer-valued input (raw ADU) every least-squares sum is an exact integer in float64, so
+results per series do not depend on which other series share the block, nor on summation order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from calib_mpi.badpixels import BAD_PIXEL_DTYPE, BadPixels
+
+__all__ = [
+    "DrscsParams",
+    "ERROR_CODES",
+    "N_GAINS",
+    "choose_current",
+    "merge_results",
+    "process_scan",
+    "scaled_x",
+]
+
+N_GAINS = 3
+
+#: Meaning of ``error_code`` (numbering of ``archive/src_old/process.py``; 9 and 10 are ours).
+ERROR_CODES: dict[int, str] = {
+    -1: "not processed (internal initial value, never returned)",
+    0: "ok",
+    1: "unknown exception (original code; not produced here)",
+    2: "too many gain stages",
+    3: "too few gain stages",
+    4: "infinite loop broken (original state machine; not produced here)",
+    5: "slope/offset not computable (zero determinant or non-finite result)",
+    6: "too few points for a fit (a sub-interval < 2 or a stage < min_points valid samples)",
+    7: "interval too short to split into its sub-intervals",
+    8: "too many fluctuations (>= max_diff_changes analog jump candidates)",
+    9: "digital gain switch not confirmed by an analog drop > safety_factor",
+    10: "no valid sample",
+}
+
+_DIGITAL_KEY_OFFSET = float(2**20)
+
+
+@dataclass(frozen=True)
+class DrscsParams:
+    """Parameters of the drscs processing (ADU for values, scan steps for indices).
+
+    The defaults are those of ``measurements.md`` section 3 (``base.yaml``; the 2017 rule for
+    the digital switch detection). The original's ``region_range(_in_percent)`` belong to its
+    analog state machine and ``percent`` was never enabled; neither applies here.
+    ``residual_threshold`` and ``drop_window`` are our choices.
+    """
+
+    diff_threshold: float = -100.0
+    safety_factor: float = 1000.0
+    max_diff_changes: int = 150
+    saturation_threshold: float = 14000.0
+    saturation_threshold_diff: float = 30.0
+    min_flat: int = 5
+    scaling_point: int = 200
+    scaling_factor: float = 10.0
+    n_intervals: tuple[int, int, int] = (1, 1, 5)
+    fit_cutoff_left: int = 1
+    fit_cutoff_right: int = 1
+    digital_switch_threshold: float = 350.0
+    spike_window: int = 5
+    spike_threshold: float = 200.0
+    level_window: int = 5
+    skip_first: int = 1
+    transition_exclude: int = 1
+    drop_window: int = 2
+    min_points: tuple[int, int, int] = (7, 30, 30)
+    residual_threshold: float = 100.0
+
+
+def scaled_x(t: np.ndarray, scaling_point: int = 200, scaling_factor: float = 10.0) -> np.ndarray:
+    """Scan step → x (integration-time units): ``t`` up to ``scaling_point``, then ×factor."""
+    t = np.asarray(t, dtype=np.float64)
+    return np.where(t <= scaling_point, t, scaling_point + scaling_factor * (t - scaling_point))
+
+
+def _at(arr: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """``arr[idx[p], p]`` for a (T, P) array and per-series indices (P,) (clipped to range)."""
+    i = np.clip(idx, 0, arr.shape[0] - 1)
+    return np.take_along_axis(arr, i[None, :], axis=0)[0]
+
+
+def _count_before(cum: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Number of valid samples in ``[0, idx)`` per series from the inclusive cumsum (T, P)."""
+    idx = np.asarray(idx)
+    return np.where(idx <= 0, 0, _at(cum, np.minimum(idx, cum.shape[0]) - 1))
+
+
+def _edge_mean(
+    values: np.ndarray,
+    valid: np.ndarray,
+    cum: np.ndarray,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    k: int,
+    last: bool,
+) -> np.ndarray:
+    """Mean of the first (or last) ``k`` valid samples in ``[lo, hi)`` per series (NaN if none)."""
+    t = np.arange(values.shape[0])[:, None]
+    inside = valid & (t >= lo) & (t < hi)
+    if last:
+        inside &= cum > (_count_before(cum, hi) - k)[None, :]
+    else:
+        inside &= cum <= (_count_before(cum, lo) + k)[None, :]
+    n = inside.sum(axis=0)
+    s = np.where(inside, values, 0.0).sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n > 0, s / np.maximum(n, 1), np.nan)
+
+
+def _line_fit(
+    mask: np.ndarray, y: np.ndarray, design: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Closed-form least squares of ``y`` vs ``x`` over ``mask`` for every series.
+
+    ``design`` is ``(3, T)``: rows ``1, x, x²``. Returns ``slope, offset, rms, n, det`` (P,),
+    NaN where fewer than 2 points or ``det = n·Sxx - Sx² == 0``; ``rms = sqrt(res/n)``.
+    """
+    m = mask.astype(np.float64)
+    my = np.where(mask, y, 0.0)
+    n, sx, sxx = design @ m
+    sy, sxy = design[:2] @ my
+    syy = np.einsum("tp,tp->p", my, my)
+    det = n * sxx - sx * sx
+    num = n * sxy - sx * sy
+    ok = (n >= 2) & (det > 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        slope = np.where(ok, num / det, np.nan)
+        offset = np.where(ok, (sy - slope * sx) / n, np.nan)
+        res = np.where(ok, ((n * syy - sy * sy) - num * num / det) / n, np.nan)
+        rms = np.sqrt(np.maximum(res, 0.0) / n)
+    return slope, offset, np.where(ok, rms, np.nan), n, det
+
+
+def _stage_medians(digital: np.ndarray, stage_of: np.ndarray) -> np.ndarray:
+    """Median of ``digital`` (T, P) per stage id ``stage_of`` (T, P) in 0..2 (others: -1).
+
+    One sort per series: keys ``d + stage·2**20`` put each stage's samples in a contiguous
+    sorted segment (digital values must lie in ``[0, 2**20)``). Returns (3, P), NaN if empty.
+    """
+    sid = np.where(stage_of < 0, N_GAINS, stage_of)
+    key = np.sort((digital + sid * _DIGITAL_KEY_OFFSET).T, axis=1)
+    out = np.full((N_GAINS, digital.shape[1]), np.nan)
+    start = np.zeros(digital.shape[1], dtype=np.int64)
+    rows = np.arange(digital.shape[1])
+    last = key.shape[1] - 1
+    for g in range(N_GAINS):
+        n = (sid == g).sum(axis=0)
+        lo = key[rows, np.minimum(start + (n - 1) // 2, last)]
+        hi = key[rows, np.minimum(start + n // 2, last)]
+        out[g] = np.where(n > 0, 0.5 * (lo + hi) - g * _DIGITAL_KEY_OFFSET, np.nan)
+        start += n
+    return out
+
+
+def process_scan(
+    analog: np.ndarray,
+    digital: np.ndarray,
+    valid: np.ndarray,
+    params: DrscsParams = DrscsParams(),  # noqa: B008 (frozen dataclass, immutable default)
+) -> dict[str, np.ndarray]:
+    """Detect the gain stages of current-source scans and fit each stage linearly.
+
+    Parameters
+    ----------
+    analog, digital : (step, P) arrays, ADU (raw integer values expected; any real dtype).
+    valid : (step, P) bool, True where the sample was really recorded.
+    params : DrscsParams.
+
+    Returns
+    -------
+    dict of per-series arrays (last axis P):
+        ``slope`` (3, P) ADU per x unit, ``offset`` (3, P) ADU (value at x = 0), ``residual``
+        (3, P) mean RMS residual of the kept sub-fits (ADU), float64, NaN where not fitted;
+        ``gain_level`` (3, P) median digital per stage (ADU); ``threshold`` (2, P) mid-points
+        of consecutive gain levels; ``stage_bounds`` (3, 2, P) int32 first and end-exclusive
+        step of each detected stage (-1 if the stage was not found); ``fit_bounds`` (3, 2, P)
+        int32 step range used for the fits; ``n_points`` (3, P) int32 valid samples in the fit
+        range; ``saturation_start`` (P,) int32 first saturated step (T: none, -1: no low
+        stage); ``n_fluctuations`` (P,) int32; ``error_code`` (P,) int16 (``ERROR_CODES``);
+        ``bad_pixels`` (3, P) uint32: ``CI_EVAL_ERROR`` in all gains where error_code != 0,
+        ``CI_LINEAR_DEVIATION`` where residual > ``residual_threshold``, ``VALUE_IS_NAN``
+        where slope or offset is NaN.
+    """
+    p = params
+    a = np.asarray(analog)
+    d = np.asarray(digital)
+    v = np.asarray(valid, dtype=bool)
+    if a.ndim != 2 or a.shape != d.shape or a.shape != v.shape:
+        raise ValueError(f"analog, digital, valid must be equal (step, P): {a.shape}, "
+                         f"{d.shape}, {v.shape}")
+    if len(p.n_intervals) != N_GAINS or len(p.min_points) != N_GAINS:
+        raise ValueError("n_intervals and min_points need one entry per gain stage")
+    n_steps, n_series = a.shape
+    af = a.astype(np.float64)
+    df = d.astype(np.float64)
+    t = np.arange(n_steps)
+    tc = t[:, None]
+    e = p.transition_exclude
+    code = np.full(n_series, -1, dtype=np.int16)
+
+    def fail(where: np.ndarray, value: int) -> None:
+        code[where & (code == -1)] = value
+
+    # 1. validity bookkeeping and fluctuations between consecutive valid samples
+    cum = np.cumsum(v, axis=0, dtype=np.int32)
+    any_valid = cum[-1] > 0
+    last_valid = np.maximum.accumulate(np.where(v, tc, -1), axis=0)
+    prev = np.empty_like(last_valid)
+    prev[0] = -1
+    prev[1:] = last_valid[:-1]
+    has_delta = v & (prev >= 0)
+    delta = np.where(has_delta, af - np.take_along_axis(af, np.maximum(prev, 0), axis=0), 0.0)
+    jump = has_delta & ((delta < p.diff_threshold) | (delta > p.safety_factor))
+    n_fluct = jump.sum(axis=0).astype(np.int32)
+    fail(~any_valid, 10)
+    fail(n_fluct >= p.max_diff_changes, 8)
+
+    # 2. digital: fill lost samples, remove spikes
+    first_valid = np.argmax(v, axis=0)
+    fill_idx = np.where(last_valid >= 0, last_valid, first_valid[None, :])
+    d_fill = np.take_along_axis(df, fill_idx, axis=0)
+    med = ndimage.median_filter(d_fill, size=(p.spike_window, 1), mode="nearest")
+    d_clean = np.where(np.abs(d_fill - med) >= p.spike_threshold, med, d_fill)
+
+    # 3. switches: first valid step above the current stage's level + threshold
+    window = np.arange(p.level_window)[:, None]
+    start = np.full(n_series, p.skip_first, dtype=np.int64)
+    active = any_valid.copy()
+    switch = np.full((N_GAINS, n_series), -1, dtype=np.int64)
+    for k in range(N_GAINS):
+        idx = np.minimum(start[None, :] + window, n_steps - 1)
+        level = np.median(np.take_along_axis(d_clean, idx, axis=0), axis=0)
+        cand = v & (tc >= start) & (d_clean > level + p.digital_switch_threshold)
+        found = active & cand.any(axis=0)
+        pos = np.argmax(cand, axis=0)
+        switch[k] = np.where(found, pos, -1)
+        active = found
+        start = pos + 1
+    n_switch = (switch >= 0).sum(axis=0)
+    fail(n_switch > 2, 2)
+    fail(n_switch < 2, 3)
+
+    # saturation inside the low stage
+    big = n_steps
+    b0 = np.where(switch[0] >= 0, switch[0], big)
+    b1 = np.where(switch[1] >= 0, switch[1], big)
+    b2 = np.where(switch[2] >= 0, switch[2], big)
+    low_start = np.where(n_switch >= 2, b1, big)
+    flat = has_delta & (np.abs(delta) < p.saturation_threshold_diff)
+    brk = (v & ~flat) | (tc < low_start)
+    last_break = np.where(brk.any(axis=0), n_steps - 1 - np.argmax(brk[::-1], axis=0), -1)
+    run = cum[-1] - _count_before(cum, last_break + 1)
+    sat_flat = np.where(run >= p.min_flat, np.maximum(last_break, low_start), big)
+    over = v & (tc >= low_start) & (af >= p.saturation_threshold)
+    sat_thr = np.where(over.any(axis=0), np.argmax(over, axis=0), big)
+    sat = np.minimum(np.minimum(sat_flat, sat_thr), b2)
+    sat = np.where(n_switch >= 2, sat, big)
+
+    def switch_end(sw: np.ndarray) -> np.ndarray:
+        return np.where(sw >= 0, sw - e, big)
+
+    # stage extents [first, end): the last stage found ends at T, low gain at saturation
+    first = np.stack([np.zeros(n_series, dtype=np.int64), b0, b1])
+    end = np.stack([b0, b1, sat])
+    has = np.stack([any_valid, n_switch >= 1, n_switch >= 2])
+    stage_bounds = np.where(has[:, None, :], np.stack([first, end], axis=1), -1)
+
+    # 4. analog confirmation of the two switches (after-window up to the next switch)
+    for k in range(2):
+        bk = first[k + 1]
+        before = _edge_mean(af, v, cum, first[k] + (e if k else 0), bk - e, p.drop_window, True)
+        after = _edge_mean(af, v, cum, bk + e, switch_end(switch[k + 1]), p.drop_window, False)
+        fail((switch[k] >= 0) & ~(before - after > p.safety_factor), 9)
+
+    # fit ranges: skip_first at the start, transition_exclude at every inner boundary
+    fit_lo = np.stack([np.full(n_series, p.skip_first), b0 + e, b1 + e])
+    fit_hi = np.where(end < big, end - e, big)
+    fit_lo = np.where(has, np.minimum(fit_lo, big), 0)
+    fit_hi = np.where(has, np.maximum(fit_hi, fit_lo), 0)
+
+    # 5. per-stage sub-interval fits
+    x = scaled_x(t, p.scaling_point, p.scaling_factor)
+    design = np.stack([np.ones(n_steps), x, x * x])
+    slope = np.full((N_GAINS, n_series), np.nan)
+    offset = np.full((N_GAINS, n_series), np.nan)
+    resid = np.full((N_GAINS, n_series), np.nan)
+    n_points = np.zeros((N_GAINS, n_series), dtype=np.int32)
+    stage_of = np.full((n_steps, n_series), -1, dtype=np.int8)
+    for g in range(N_GAINS):
+        lo, hi, n_int = fit_lo[g], fit_hi[g], p.n_intervals[g]
+        in_range = v & (tc >= lo) & (tc < hi)
+        stage_of[in_range] = g
+        n_points[g] = _count_before(cum, hi) - _count_before(cum, lo)
+        step = (hi - lo) // n_int
+        usable = has[g] & (step > 0)
+        fail(has[g] & (step <= 0), 7)
+        fail(usable & (n_points[g] < p.min_points[g]), 6)
+        keep = range(n_int)
+        if n_int >= 3:
+            keep = range(p.fit_cutoff_left, n_int - p.fit_cutoff_right)
+        sums = np.zeros((3, n_series))
+        too_few = np.zeros(n_series, dtype=bool)
+        singular = np.zeros(n_series, dtype=bool)
+        for i in range(n_int):
+            s = lo + i * step
+            stop = hi if i == n_int - 1 else s + step
+            mask = v & (tc >= s) & (tc < stop) & usable
+            fs, fo, fr, fn, fdet = _line_fit(mask, af, design)
+            too_few |= usable & (fn < 2)
+            singular |= usable & (fn >= 2) & ~(fdet > 0)
+            if i in keep:
+                sums += np.stack([fs, fo, fr])
+        fail(too_few, 6)
+        slope[g], offset[g], resid[g] = np.where(usable, sums / len(keep), np.nan)
+        fail(usable & ~too_few & (singular | ~np.isfinite(slope[g] + offset[g])), 5)
+    code[code == -1] = 0
+
+    gain_level = _stage_medians(df, stage_of)
+    threshold = 0.5 * (gain_level[:-1] + gain_level[1:])
+
+    bad = np.zeros((N_GAINS, n_series), dtype=BAD_PIXEL_DTYPE)
+    bad |= np.where(code != 0, BAD_PIXEL_DTYPE(BadPixels.CI_EVAL_ERROR), 0).astype(bad.dtype)
+    bad |= np.where(resid > p.residual_threshold, BadPixels.CI_LINEAR_DEVIATION, 0).astype(
+        bad.dtype
+    )
+    bad |= np.where(np.isnan(slope) | np.isnan(offset), BadPixels.VALUE_IS_NAN, 0).astype(
+        bad.dtype
+    )
+    return {
+        "slope": slope,
+        "offset": offset,
+        "residual": resid,
+        "gain_level": gain_level,
+        "threshold": threshold,
+        "stage_bounds": stage_bounds.astype(np.int32),
+        "fit_bounds": np.stack([fit_lo, fit_hi], axis=1).astype(np.int32),
+        "n_points": n_points,
+        "saturation_start": np.where(n_switch >= 2, sat, -1).astype(np.int32),
+        "n_fluctuations": n_fluct,
+        "error_code": code,
+        "bad_pixels": bad,
+    }
+
+
+def choose_current(
+    error_codes: np.ndarray,
+    quality: np.ndarray | None = None,
+    order: Sequence[int] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Choose, per series, the current whose results are kept (steps.md section 4, rule).
+
+    Rule: per series, among the currents where it succeeded (``error_code == 0``), take the one
+    with the fewest failures overall (count of ``error_code != 0`` over all series given);
+    ties by configured ``order`` (rank, lower first); remaining ties (only possible when
+    ``order`` gives equal ranks) by lower ``quality`` (NaN worst), then by index. A series that
+    failed in every current gets the best current overall (fewest failures, then order, then
+    quality), i.e. the original's ``c*``, and is reported in the second return value.
+    Call it with all series of one ASIC (the scope of "overall" in the original).
+
+    Parameters
+    ----------
+    error_codes : (n_currents, P) int, from :func:`process_scan` per current.
+    quality : (n_currents, P) float, lower is better (e.g. mean residual), optional.
+    order : (n_currents,) ranks of the configured order; default the index order.
+
+    Returns
+    -------
+    chosen : (P,) int64 index of the chosen current.
+    failed_all : (P,) bool, True where no current succeeded.
+    """
+    ec = np.asarray(error_codes)
+    if ec.ndim != 2:
+        raise ValueError("error_codes must be (n_currents, P)")
+    n_cur, n_series = ec.shape
+    ok = ec == 0
+    n_fail = (~ok).sum(axis=1)
+    rank = np.arange(n_cur) if order is None else np.asarray(order)
+    if rank.shape != (n_cur,):
+        raise ValueError("order needs one rank per current")
+    q = np.zeros(ec.shape) if quality is None else np.asarray(quality, dtype=np.float64)
+    q = np.where(np.isnan(q), np.inf, q)
+    shape = ec.shape
+    keys = (
+        np.broadcast_to(np.arange(n_cur)[:, None], shape),
+        q,
+        np.broadcast_to(rank[:, None], shape),
+        np.broadcast_to(n_fail[:, None], shape),
+        (~ok).astype(np.int8),
+    )
+    chosen = np.lexsort(keys, axis=0)[0].astype(np.int64)
+    return chosen, ~ok.any(axis=0)
+
+
+def merge_results(results: Sequence[dict[str, np.ndarray]], chosen: np.ndarray) -> dict:
+    """Pick every per-series field (last axis P) from the chosen current.
+
+    Parameters
+    ----------
+    results : one :func:`process_scan` dict per current (same keys and shapes).
+    chosen : (P,) index into ``results``, from :func:`choose_current`.
+
+    Returns
+    -------
+    dict with the same keys, plus ``chosen_current`` (P,) int16: the index of the current used
+    where the merged ``error_code`` is 0, -1 where the series failed in the current kept.
+    """
+    chosen = np.asarray(chosen, dtype=np.int64)
+    out: dict[str, np.ndarray] = {}
+    for key in results[0]:
+        stack = np.stack([np.asarray(r[key]) for r in results])
+        idx = chosen.reshape((1,) * (stack.ndim - 1) + chosen.shape)
+        out[key] = np.take_along_axis(stack, idx, axis=0)[0]
+    out["chosen_current"] = np.where(out["error_code"] == 0, chosen, -1).astype(np.int16)
+    return out

@@ -1,0 +1,1 @@
+"""Readers of raw detector files, one module per facility."""

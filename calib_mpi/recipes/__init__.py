@@ -1,0 +1,1 @@
+"""Measurement recipes: how each measurement plugs its processor into gather and join."""

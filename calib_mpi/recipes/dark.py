@@ -1,0 +1,103 @@
+"""The dark measurement: three runs with forced high, medium and low gain.
+
+Ties the pure computation of :mod:`calib_mpi.process.dark` to the pipeline: one accumulator
+per owned ASIC, run index = gain stage, and a small exchange of per-ASIC percentiles between
+the owners of a module for the module-wide bad-pixel reference.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from mpi4py import MPI
+
+from ..config import Config
+from ..join import DatasetSpec
+from ..plan import Plan, Unit
+from ..process.dark import (
+    DarkAccumulator,
+    DarkLimits,
+    flag_bad_pixels,
+    module_reference,
+    unit_quantiles,
+)
+
+DIMS = ("gain", "cell", "slow_scan", "fast_scan")
+
+
+class DarkRecipe:
+    """Dark: offset, noise, gain levels, thresholds, bad pixels per (gain, cell, pixel)."""
+
+    name = "dark"
+    specs = [
+        DatasetSpec("offset", (3,), np.float32, DIMS),
+        DatasetSpec("noise", (3,), np.float32, DIMS),
+        DatasetSpec("gain_level", (3,), np.float32, DIMS),
+        DatasetSpec("gain_level_std", (3,), np.float32, DIMS),
+        DatasetSpec("threshold", (2,), np.float32, ("threshold",) + DIMS[1:]),
+        DatasetSpec("bad_pixels", (3,), np.uint32, DIMS),
+    ]
+
+    def __init__(self, cfg: Config, plan: Plan):
+        self.plan = plan
+        self.limits = DarkLimits(cfg.offset_sigma, cfg.noise_sigma, tuple(cfg.offset_hard),
+                                 tuple(cfg.noise_hard), cfg.gain_separation_sigma)
+        self.acc: dict[Unit, DarkAccumulator] = {}
+
+    def start(self, units: list[Unit]) -> None:
+        self.acc = {u: DarkAccumulator(self.plan.n_cells) for u in units}
+
+    def consume(self, unit: Unit, run_index: int, frames: np.ndarray, cells: np.ndarray,
+                trains: np.ndarray) -> None:
+        self.acc[unit].update(run_index, frames[:, 0], frames[:, 1], cells)
+
+    def end_run(self, run_index: int) -> None:
+        for a in self.acc.values():
+            a.finish_gain(run_index)
+
+    def finalize(self, comm: MPI.Comm) -> dict[Unit, dict[str, np.ndarray]]:
+        """Collective: module references, bad pixels; returns the results of this rank's units."""
+        res = {u: a.result() for u, a in self.acc.items()}
+        quant = {u: (unit_quantiles(r["offset"]), unit_quantiles(r["noise"]))
+                 for u, r in res.items()}
+        # send each rank the percentiles of the ASICs of the modules it owns
+        wanted = [{u.module for u in self.plan.units_of(d)} for d in range(comm.size)]
+        got = comm.alltoall([{u: q for u, q in quant.items() if u.module in wanted[d]}
+                             for d in range(comm.size)])
+        pooled = {k: v for d in got for k, v in d.items()}
+        refs = {}
+        for m in {u.module for u in self.acc}:
+            units = sorted((u for u in pooled if u.module == m), key=lambda u: u.block)
+            refs[m] = (module_reference([pooled[u][0] for u in units]),
+                       module_reference([pooled[u][1] for u in units]))
+        for u, r in res.items():
+            r["bad_pixels"] = flag_bad_pixels(r, refs[u.module][0], refs[u.module][1],
+                                              self.limits)
+        self.refs = refs
+        return res
+
+    def module_extra(self, comm: MPI.Comm, results: dict[Unit, dict]) -> dict[int, dict]:
+        """Collective: small per-module datasets (frames used per run and cell) for every rank."""
+        mine = {u.module: r["count"] for u, r in results.items() if u.block == 0}
+        counts = {}
+        for d in comm.allgather(mine):
+            counts.update(d)
+        return {m: {"metadata/frames_used": counts[m]} for m in self.plan.modules}
+
+    def summary(self, comm: MPI.Comm, results: dict[Unit, dict]) -> dict:
+        """Collective: per-gain medians of offset and noise and bad-pixel counts per module."""
+        local = {}
+        for u, r in results.items():
+            s = local.setdefault(u.module, {"bad": np.zeros(3, np.int64)})
+            s["bad"] += (r["bad_pixels"] != 0).reshape(3, -1).sum(axis=1)
+            if u.module in self.refs:
+                s["offset"] = np.nanmedian(self.refs[u.module][0][0], axis=1)
+                s["noise"] = np.nanmedian(self.refs[u.module][1][0], axis=1)
+        out: dict = {}
+        for d in comm.allgather(local):
+            for m, s in d.items():
+                t = out.setdefault(m, {"bad": np.zeros(3, np.int64)})
+                t["bad"] = t["bad"] + s["bad"]
+                for k in ("offset", "noise"):
+                    if k in s:
+                        t[k] = s[k]
+        return out

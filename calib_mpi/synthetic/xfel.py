@@ -1,0 +1,269 @@
+"""Synthetic European XFEL dark run sets with known ground truth.
+
+Writes the real raw layout (``rNNNN/RAW-RNNNN-AGIPDMM-SNNNNN.h5`` with INSTRUMENT, INDEX and
+METADATA groups, ``shared/spec/formats.md`` 1.2) for three dark runs (forced high, medium, low
+gain) of a few modules, split into sequence files whose boundaries differ between modules, with
+lost trains and a module that starts later than the others. Next to the runs, ``truth.h5``
+holds, per module:
+
+- ``module_MM/offset``, ``noise``, ``gain_level``, ``gain_level_noise``: the generating
+  parameters, each (gain, cell, slow_scan, fast_scan) float64;
+- ``module_MM/sample_offset``, ``sample_noise``, ``sample_gain_level``: the statistics of the
+  frames actually written (population std), computed independently while writing;
+- ``module_MM/bad_pixels``: the flags the injected defects must produce (uint32);
+- ``module_MM/trains_used``: (run,) number of trains with data; ``frames_used``: (run, cell).
+
+Run ``python -m calib_mpi.synthetic.xfel --help`` for a command-line writer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from ..badpixels import BadPixels, bits
+
+DETECTOR = "SPB_DET_AGIPD1M-1"
+
+
+@dataclass
+class DarkRunSet:
+    """Parameters of a synthetic dark run set."""
+
+    runs: tuple[int, int, int] = (9001, 9002, 9003)
+    modules: tuple[int, ...] = (0, 1)
+    n_cells: int = 4
+    n_trains: int = 20
+    n_sequences: int = 3
+    first_train_id: int = 100_000
+    detector: str = DETECTOR
+    seed: int = 1234
+    chunk_frames: int = 16
+    #: (module index in ``modules``) -> train positions lost in that module, all runs
+    lost_trains: dict = field(default_factory=lambda: {1: [3, 11]})
+    #: the last module starts this many trains after the others
+    late_start: int = 1
+    #: trailing all-zero rows appended to ``image/*`` of each file (as the DAQ does)
+    padding_frames: int = 2
+    #: write the old INDEX form first/last/status instead of first/count
+    old_index: bool = False
+    #: inject the known-bad pixels listed in :data:`DEFECTS`
+    defects: bool = True
+
+
+#: Injected defects: name -> (ss, fs, affected gains)
+DEFECTS = {
+    "dead": (10, 20, (0, 1, 2)),        # analog constant 0: offset/noise out, std zero
+    "noisy": (300, 100, (0,)),          # 20x noise in high gain
+    "hot": (200, 64, (1,)),             # offset +2000 ADU in medium gain
+    "gain_swap": (400, 5, (0, 1)),      # medium-gain digital level equal to high gain
+}
+
+GAIN_OFFSET = (5000.0, 5600.0, 6200.0)
+GAIN_NOISE = ((4.0, 5.5), (2.5, 3.5), (1.5, 2.0))
+GAIN_LEVEL = (4800.0, 6400.0, 7600.0)
+GAIN_LEVEL_NOISE = 8.0
+
+
+def module_truth(p: DarkRunSet, mi: int) -> dict[str, np.ndarray]:
+    """Generating parameters of module index ``mi``, each (gain, cell, 512, 128) float64."""
+    rng = np.random.default_rng([p.seed, mi, 7])
+    shape = (3, p.n_cells, 512, 128)
+    offset = np.empty(shape)
+    noise = np.empty(shape)
+    level = np.empty(shape)
+    for g in range(3):
+        offset[g] = GAIN_OFFSET[g] + rng.uniform(-200, 200, shape[1:])
+        noise[g] = rng.uniform(*GAIN_NOISE[g], shape[1:])
+        level[g] = GAIN_LEVEL[g] + rng.uniform(-100, 100, shape[1:])
+    level_noise = np.full(shape, GAIN_LEVEL_NOISE)
+    bad = np.zeros(shape, np.uint32)
+    if p.defects:
+        ss, fs, _ = DEFECTS["dead"]
+        offset[:, :, ss, fs] = 0.0
+        noise[:, :, ss, fs] = 0.0
+        bad[:, :, ss, fs] |= bits(BadPixels.OFFSET_OUT_OF_THRESHOLD,
+                                  BadPixels.NOISE_OUT_OF_THRESHOLD, BadPixels.DATA_STD_IS_ZERO)
+        ss, fs, _ = DEFECTS["noisy"]
+        noise[0, :, ss, fs] *= 20.0
+        bad[0, :, ss, fs] |= bits(BadPixels.NOISE_OUT_OF_THRESHOLD)
+        ss, fs, _ = DEFECTS["hot"]
+        offset[1, :, ss, fs] += 2000.0
+        bad[1, :, ss, fs] |= bits(BadPixels.OFFSET_OUT_OF_THRESHOLD)
+        ss, fs, _ = DEFECTS["gain_swap"]
+        level[1, :, ss, fs] = level[0, :, ss, fs]
+        bad[0:2, :, ss, fs] |= bits(BadPixels.GAIN_THRESHOLDING_ERROR)
+    return {"offset": offset, "noise": noise, "gain_level": level,
+            "gain_level_noise": level_noise, "bad_pixels": bad}
+
+
+def _train_positions(p: DarkRunSet, mi: int) -> np.ndarray:
+    start = p.late_start if (mi == len(p.modules) - 1 and len(p.modules) > 1) else 0
+    pos = np.arange(start, p.n_trains)
+    return pos
+
+
+def _write_file(path: Path, p: DarkRunSet, module: int, ids: np.ndarray, counts: np.ndarray,
+                frames: np.ndarray, cells: np.ndarray) -> None:
+    src = f"{p.detector}/DET/{module}CH0:xtdf"
+    n = frames.shape[0]
+    pad = p.padding_frames
+    with h5py.File(path, "w") as f:
+        f.create_dataset("METADATA/dataFormatVersion", data=np.array([b"1.0"]))
+        f.create_dataset("METADATA/dataSources/dataSourceId",
+                         data=np.array([f"INSTRUMENT/{src}".encode()]))
+        img = f.create_group(f"INSTRUMENT/{src}/image")
+        chunks = (max(1, min(p.chunk_frames, n + pad)), 2, 512, 128)
+        d = img.create_dataset("data", shape=(n + pad, 2, 512, 128), dtype=np.uint16,
+                               chunks=chunks)
+        if n:
+            d[:n] = frames
+        frame_tid = np.repeat(ids, counts)
+        img.create_dataset("trainId", data=np.concatenate(
+            [frame_tid, np.zeros(pad, np.uint64)]).astype(np.uint64)[:, None])
+        img.create_dataset("cellId", data=np.concatenate(
+            [cells, np.zeros(pad, np.int64)]).astype(np.uint16)[:, None])
+        img.create_dataset("pulseId", data=np.concatenate(
+            [cells, np.zeros(pad, np.int64)]).astype(np.uint64)[:, None])
+        img.create_dataset("length", data=np.full((n + pad, 1), 262144, np.uint32))
+        img.create_dataset("status", data=np.zeros((n + pad, 1), np.uint16))
+        nt = len(ids)
+        for grp in ("header", "detector", "trailer"):
+            f.create_dataset(f"INSTRUMENT/{src}/{grp}/trainId",
+                             data=np.concatenate([ids, np.zeros(3, np.uint64)]))
+        f.create_dataset(f"INSTRUMENT/{src}/header/pulseCount",
+                         data=np.concatenate([counts, np.zeros(3, np.int64)]).astype(np.uint64))
+        f.create_dataset("INDEX/trainId", data=ids.astype(np.uint64))
+        f.create_dataset("INDEX/timestamp", data=np.zeros(nt, np.uint64))
+        f.create_dataset("INDEX/flag", data=np.ones(nt, np.int32))
+        f.create_dataset("INDEX/origin", data=np.full(nt, -1, np.int32))
+        first = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.uint64)
+        ix = f"INDEX/{src}/image"
+        f.create_dataset(f"{ix}/first", data=first)
+        if p.old_index:
+            status = (counts > 0).astype(np.uint64)
+            last = np.where(counts > 0, first + counts - 1, first).astype(np.uint64)
+            f.create_dataset(f"{ix}/last", data=last)
+            f.create_dataset(f"{ix}/status", data=status)
+        else:
+            f.create_dataset(f"{ix}/count", data=counts.astype(np.uint64))
+        for grp in ("header", "detector", "trailer"):
+            f.create_dataset(f"INDEX/{src}/{grp}/first", data=np.arange(nt, dtype=np.uint64))
+            f.create_dataset(f"INDEX/{src}/{grp}/count", data=np.ones(nt, np.uint64))
+
+
+def write_dark_runs(out_dir: Path | str, p: DarkRunSet | None = None) -> Path:
+    """Write the three dark runs and ``truth.h5`` under ``out_dir``; returns ``out_dir``."""
+    p = p or DarkRunSet()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    truth_path = out / "truth.h5"
+    with h5py.File(truth_path, "w") as tf:
+        tf.attrs["params"] = json.dumps(asdict(p))
+        tf.attrs["defects"] = json.dumps({k: list(v[:2]) + [list(v[2])]
+                                          for k, v in DEFECTS.items()})
+        for mi, module in enumerate(p.modules):
+            truth = module_truth(p, mi)
+            grp = tf.create_group(f"module_{module:02d}")
+            for k, v in truth.items():
+                grp.create_dataset(k, data=v, compression="gzip" if v.dtype != np.uint32 else None)
+            s1 = np.zeros((3, p.n_cells, 512, 128))
+            s2 = np.zeros_like(s1)
+            d1 = np.zeros_like(s1)
+            n = np.zeros((3, p.n_cells), np.int64)
+            trains_used = []
+            lost = set(p.lost_trains.get(mi, []))
+            for g, run in enumerate(p.runs):
+                rng = np.random.default_rng([p.seed, mi, g, 11])
+                pos = np.array([t for t in _train_positions(p, mi)])
+                # sequence boundaries differ per module: shift by module index
+                bounds = np.linspace(0, len(pos), p.n_sequences + 1).astype(int)
+                bounds[1:-1] = np.clip(bounds[1:-1] + mi, 1, len(pos) - 1)
+                run_dir = out / f"r{run:04d}"
+                run_dir.mkdir(exist_ok=True)
+                used = 0
+                for s in range(p.n_sequences):
+                    seq_pos = pos[bounds[s]:bounds[s + 1]]
+                    ids = (p.first_train_id + 1000 * g + seq_pos).astype(np.uint64)
+                    counts = np.array([0 if t in lost else p.n_cells for t in seq_pos], np.int64)
+                    frames = np.empty((int(counts.sum()), 2, 512, 128), np.uint16)
+                    cells = np.empty(int(counts.sum()), np.int64)
+                    j = 0
+                    for t, c in zip(seq_pos, counts):
+                        if not c:
+                            continue
+                        z = rng.standard_normal((2, p.n_cells, 512, 128), dtype=np.float32)
+                        a = truth["offset"][g] + truth["noise"][g] * z[0]
+                        dg = truth["gain_level"][g] + truth["gain_level_noise"][g] * z[1]
+                        a = np.clip(np.rint(a), 0, 65535).astype(np.uint16)
+                        dg = np.clip(np.rint(dg), 0, 65535).astype(np.uint16)
+                        frames[j:j + c, 0] = a
+                        frames[j:j + c, 1] = dg
+                        cells[j:j + c] = np.arange(p.n_cells)
+                        s1[g] += a
+                        s2[g] += a.astype(np.float64) ** 2
+                        d1[g] += dg
+                        n[g] += 1
+                        used += 1
+                        j += c
+                    name = f"RAW-R{run:04d}-AGIPD{module:02d}-S{s:05d}.h5"
+                    _write_file(run_dir / name, p, module, ids, counts, frames, cells)
+                trains_used.append(used)
+            nn = np.maximum(n, 1)[:, :, None, None]
+            mean = s1 / nn
+            grp.create_dataset("sample_offset", data=mean)
+            grp.create_dataset("sample_noise", data=np.sqrt(np.maximum(s2 / nn - mean**2, 0)))
+            grp.create_dataset("sample_gain_level", data=d1 / nn)
+            grp.create_dataset("trains_used", data=np.array(trains_used))
+            grp.create_dataset("frames_used", data=n)
+    return out
+
+
+def write_config(path: Path | str, raw_dir: Path | str, out_dir: Path | str,
+                 p: DarkRunSet | None = None, **extra) -> Path:
+    """Write a calib-mpi config file for the run set (``extra``: more ``key = value`` lines)."""
+    p = p or DarkRunSet()
+    lines = [
+        "# calib-mpi config for a synthetic dark run set",
+        "facility = xfel",
+        "measurement = dark",
+        f"input_dir = {Path(raw_dir).resolve()}",
+        f"runs = {' '.join(str(r) for r in p.runs)}",
+        f"modules = {' '.join(str(m) for m in p.modules)}",
+        f"detector = {p.detector}",
+        f"output_dir = {Path(out_dir).resolve()}",
+    ] + [f"{k} = {v}" for k, v in extra.items()]
+    path = Path(path)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command-line writer: ``python -m calib_mpi.synthetic.xfel OUT_DIR [options]``."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("out_dir", help="directory for the run folders and truth.h5")
+    ap.add_argument("--modules", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--cells", type=int, default=4)
+    ap.add_argument("--trains", type=int, default=20)
+    ap.add_argument("--sequences", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--config", help="also write a calib-mpi config file here")
+    ap.add_argument("--results", default="results", help="output_dir for --config")
+    a = ap.parse_args(argv)
+    p = DarkRunSet(modules=tuple(a.modules), n_cells=a.cells, n_trains=a.trains,
+                   n_sequences=a.sequences, seed=a.seed)
+    write_dark_runs(a.out_dir, p)
+    print(f"wrote dark runs {p.runs} for modules {p.modules} ({p.n_trains} trains x "
+          f"{p.n_cells} cells, {p.n_sequences} sequences) to {a.out_dir}")
+    if a.config:
+        write_config(a.config, a.out_dir, a.results, p)
+        print(f"wrote config {a.config}")
+
+
+if __name__ == "__main__":
+    main()
