@@ -47,13 +47,14 @@ def _setup_logging(cfg: Config | None, rank: int) -> None:
                         format=f"[calib-mpi r{rank}] %(message)s", force=True)
 
 
-def _provenance(cfg: Config, plan, comm: MPI.Comm, started: str) -> dict:
-    files = [fi for fl in plan.files.values() for fi in fl]
+def _provenance(cfg: Config, plan, module: int, comm: MPI.Comm, started: str) -> dict:
+    """Attributes saying how a module file was made: version, config, inputs, ranks, times."""
+    files = [fi for (_, m), fl in sorted(plan.files.items()) if m == module for fi in fl]
     inputs = []
     for fi in files:
         st = os.stat(fi.path)
         inputs.append({"path": fi.path, "size": st.st_size,
-                       "mtime": dt.datetime.fromtimestamp(st.st_mtime, dt.timezone.utc)
+                       "mtime": dt.datetime.fromtimestamp(st.st_mtime, dt.UTC)
                        .isoformat()})
     return {
         "calib_mpi_version": __version__,
@@ -62,13 +63,13 @@ def _provenance(cfg: Config, plan, comm: MPI.Comm, started: str) -> dict:
         "n_ranks": comm.size,
         "host": socket.gethostname(),
         "started": started,
-        "finished": dt.datetime.now(dt.timezone.utc).isoformat(),
+        "finished": dt.datetime.now(dt.UTC).isoformat(),
     }
 
 
 def run(cfg: Config, comm: MPI.Comm) -> dict:
     """Run the configured steps; collective. Returns a summary (rank 0; {} elsewhere)."""
-    started = dt.datetime.now(dt.timezone.utc).isoformat()
+    started = dt.datetime.now(dt.UTC).isoformat()
     driver = resolve_driver(cfg.io_driver, comm)
     t0 = time.monotonic()
     plan = make_plan(comm, cfg)
@@ -97,9 +98,8 @@ def run(cfg: Config, comm: MPI.Comm) -> dict:
     summary = recipe.summary(comm, results)
     outputs = []
     if "join" in cfg.steps:
-        prov = _provenance(cfg, plan, comm, started)
         for m in plan.modules:
-            attrs = dict(prov)
+            attrs = _provenance(cfg, plan, m, comm, started)
             attrs.update({
                 "measurement": cfg.measurement, "facility": cfg.facility, "module": m,
                 "n_cells": plan.n_cells, "runs": np.array(plan.runs),

@@ -11,6 +11,7 @@ Memory per rank is bounded by ``chunk_frames``, never by the run length.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 
@@ -27,6 +28,19 @@ log = logging.getLogger(__name__)
 
 #: consumer(unit, run_index, frames (frame, 2, 64, 64) uint16, cells (frame,), trains (frame,))
 Consumer = Callable[[Unit, int, np.ndarray, np.ndarray, np.ndarray], None]
+
+
+def _injected_fault(rank: int, round_index: int) -> None:
+    """Testing aid: ``CALIB_MPI_TEST_FAIL_READ="rank=R,round=K[,mode=raise|exit]"`` makes rank
+    R fail its read in round K, raising an error (``raise``) or dying at once (``exit``)."""
+    spec = os.environ.get("CALIB_MPI_TEST_FAIL_READ")
+    if not spec:
+        return
+    opts = dict(kv.split("=", 1) for kv in spec.split(","))
+    if int(opts.get("rank", -1)) == rank and int(opts.get("round", -1)) == round_index:
+        if opts.get("mode", "raise") == "exit":
+            os._exit(3)
+        raise CalibError(f"injected read failure (CALIB_MPI_TEST_FAIL_READ={spec})")
 
 
 class _Files:
@@ -109,6 +123,7 @@ def gather_run(comm: MPI.Comm, plan: Plan, run_index: int, blocks: list[AsicBloc
             err, frames, cells, trains = None, None, None, None
             if slab is not None:
                 try:
+                    _injected_fault(rank, k)
                     info = plan.files[(run_index, slab.module)][slab.file_index]
                     f = files.get(slab.module, slab.file_index, info)
                     frames, cells, trains, rej = read_slab(

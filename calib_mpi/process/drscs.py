@@ -28,8 +28,9 @@ lost samples are never compacted away, see known-defects.md item 21):
    ``transition_exclude`` steps after ``b_k``) must exceed ``safety_factor``, else error 9.
 5. *Saturation*: inside the low stage ``[b_1, T)``, the first valid sample ``>=
    saturation_threshold``, or the first sample of the trailing run of flat steps
-   (``|Δ| < saturation_threshold_diff``, at least ``min_flat`` steps), whichever is earlier;
-   ``T`` when there is none.
+   (``|Δ| < saturation_threshold_diff``, at least ``min_flat`` steps; Δ of the analog after a
+   running median over ``flat_filter_window`` steps, so that one noisy sample does not break
+   the run), whichever is earlier; ``T`` when there is none.
 6. *Fit ranges*: high ``[skip_first, b_0 - e)``, medium ``[b_0 + e, b_1 - e)``, low
    ``[b_1 + e, sat - e)`` with ``e = transition_exclude``. Fewer than ``min_points[g]`` valid
    samples → error 6.
@@ -100,7 +101,8 @@ class DrscsParams:
     The defaults are those of ``measurements.md`` section 3 (``base.yaml``; the 2017 rule for
     the digital switch detection). The original's ``region_range(_in_percent)`` belong to its
     analog state machine and ``percent`` was never enabled; neither applies here.
-    ``residual_threshold`` and ``drop_window`` are our choices.
+    ``residual_threshold``, ``drop_window`` and ``flat_filter_window`` (running median of the
+    analog before the flat-step test, 1 = off) are our choices.
     """
 
     diff_threshold: float = -100.0
@@ -109,6 +111,7 @@ class DrscsParams:
     saturation_threshold: float = 14000.0
     saturation_threshold_diff: float = 30.0
     min_flat: int = 5
+    flat_filter_window: int = 3
     scaling_point: int = 200
     scaling_factor: float = 10.0
     n_intervals: tuple[int, int, int] = (1, 1, 5)
@@ -244,8 +247,9 @@ def process_scan(
     d = np.asarray(digital)
     v = np.asarray(valid, dtype=bool)
     if a.ndim != 2 or a.shape != d.shape or a.shape != v.shape:
-        raise ValueError(f"analog, digital, valid must be equal (step, P): {a.shape}, "
-                         f"{d.shape}, {v.shape}")
+        raise ValueError(
+            f"analog, digital, valid must be equal (step, P): {a.shape}, {d.shape}, {v.shape}"
+        )
     if len(p.n_intervals) != N_GAINS or len(p.min_points) != N_GAINS:
         raise ValueError("n_intervals and min_points need one entry per gain stage")
     n_steps, n_series = a.shape
@@ -304,7 +308,11 @@ def process_scan(
     b1 = np.where(switch[1] >= 0, switch[1], big)
     b2 = np.where(switch[2] >= 0, switch[2], big)
     low_start = np.where(n_switch >= 2, b1, big)
-    flat = has_delta & (np.abs(delta) < p.saturation_threshold_diff)
+    a_med = np.take_along_axis(af, fill_idx, axis=0)
+    if p.flat_filter_window > 1:
+        a_med = ndimage.median_filter(a_med, size=(p.flat_filter_window, 1), mode="nearest")
+    a_step = a_med - np.take_along_axis(a_med, np.maximum(prev, 0), axis=0)
+    flat = has_delta & (np.abs(a_step) < p.saturation_threshold_diff)
     brk = (v & ~flat) | (tc < low_start)
     last_break = np.where(brk.any(axis=0), n_steps - 1 - np.argmax(brk[::-1], axis=0), -1)
     run = cum[-1] - _count_before(cum, last_break + 1)
@@ -377,13 +385,12 @@ def process_scan(
     threshold = 0.5 * (gain_level[:-1] + gain_level[1:])
 
     bad = np.zeros((N_GAINS, n_series), dtype=BAD_PIXEL_DTYPE)
-    bad |= np.where(code != 0, BAD_PIXEL_DTYPE(BadPixels.CI_EVAL_ERROR), 0).astype(bad.dtype)
-    bad |= np.where(resid > p.residual_threshold, BadPixels.CI_LINEAR_DEVIATION, 0).astype(
-        bad.dtype
-    )
-    bad |= np.where(np.isnan(slope) | np.isnan(offset), BadPixels.VALUE_IS_NAN, 0).astype(
-        bad.dtype
-    )
+    for flag, where in (
+        (BadPixels.CI_EVAL_ERROR, np.broadcast_to(code != 0, bad.shape)),
+        (BadPixels.CI_LINEAR_DEVIATION, resid > p.residual_threshold),
+        (BadPixels.VALUE_IS_NAN, np.isnan(slope) | np.isnan(offset)),
+    ):
+        bad[where] |= BAD_PIXEL_DTYPE(flag)
     return {
         "slope": slope,
         "offset": offset,

@@ -30,11 +30,11 @@ __all__ = [
 #: Fit windows ``[t0, t1)`` in train positions: high gain, medium gain (toolbox defaults).
 DEFAULT_WINDOWS: tuple[tuple[int, int], ...] = ((42, 122), (402, 552))
 
-#: Largest accepted residual RMS of each window's fit, in ADU. The AGIPD analog noise is about
-#: 10 ADU in both high and medium gain (ADC dominated), so a straight line through a linear
-#: response leaves an RMS near 10 ADU; 5× that allows for pixel-to-pixel noise spread and a mild
-#: curvature, while a gain switch inside a window (a jump of thousands of ADU) or a strongly
-#: non-linear response gives an RMS of hundreds of ADU.
+#: Largest accepted residual RMS of each window's fit, in ADU. Assuming an analog noise of about
+#: 10 ADU in both high and medium gain (ADC dominated; the synthetic model's value), a straight
+#: line through a linear response leaves an RMS near 10 ADU; 5× that allows for pixel-to-pixel
+#: noise spread and a mild curvature, while a gain switch inside a window (a jump of thousands
+#: of ADU) or a strongly non-linear response gives an RMS of hundreds of ADU.
 DEFAULT_RESIDUAL_LIMITS: tuple[float, float] = (50.0, 50.0)
 
 #: Accepted slope ranges ``(min, max)`` in ADU per train step: high gain, medium gain. Nominal
@@ -44,10 +44,10 @@ DEFAULT_RESIDUAL_LIMITS: tuple[float, float] = (50.0, 50.0)
 DEFAULT_SLOPE_LIMITS: tuple[tuple[float, float], tuple[float, float]] = ((4.0, 100.0), (0.12, 3.0))
 
 #: Smallest accepted gain-level separation ``(gl1 - gl0) / (σd0 + σd1)`` (the toolbox's
-#: "digital spacing safety factor", pycalibration's ``gain_separation_sigma_threshold``). AGIPD
-#: levels are ~1500 ADU apart with σd of 10..50 ADU (separation > 15); a pixel that never leaves
-#: high gain has equal levels (separation ~0), which ``gl1 <= gl0`` alone catches only half the
-#: time.
+#: "digital spacing safety factor", pycalibration's ``gain_separation_sigma_threshold``). With
+#: levels ~1500 ADU apart and σd of tens of ADU (assumed) the separation is > 15; a pixel that
+#: never leaves high gain has equal levels (separation ~0), which ``gl1 <= gl0`` alone catches
+#: only about half the time.
 DEFAULT_MIN_GAIN_SEPARATION = 3.0
 
 _BLOCK_VALUES = 16 * 4096  # pixel values per in-place update: keeps the touched state in cache
@@ -103,7 +103,9 @@ class DrspcAccumulator:
     Notes
     -----
     State memory is ``2 windows × n_cells × 5 × n_pixels`` int64 (≈ 115 MB for 352 cells of
-    64×64) plus a few int64 per (window, cell) for every distinct pixel mask seen.
+    64×64), a 5 MB scratch buffer, plus 6 int64 per cell for every distinct pixel mask seen.
+    No overflow: Σa² reaches 2⁶³ only after ~2·10⁹ frames of 65535 ADU per (cell, pixel);
+    ``finalize`` converts the sums to float64, exactly while they stay below 2⁵³.
     """
 
     def __init__(
@@ -134,6 +136,7 @@ class DrspcAccumulator:
         # per-mask sums n, Σt, Σt²: key = packed mask bytes (None = all pixels),
         # value = (window, 3, cell) int64
         self._xsums: dict[bytes | None, np.ndarray] = {}
+        self._scratch = np.empty((2, _N_PIX_SUMS * max(_BLOCK_VALUES, self._n_pix)), np.int64)
 
     def update(
         self,
@@ -176,8 +179,7 @@ class DrspcAccumulator:
             raise ValueError(f"cells must be in [-1, {self.n_cells})")
 
         key: bytes | None = None
-        units: np.ndarray | None = None  # selected pixel units (rows or single pixels)
-        unit_len = self._n_pix
+        rows: np.ndarray | None = None  # row mask: update these whole rows only
         if pixel_mask is not None:
             pixel_mask = np.asarray(pixel_mask, dtype=bool)
             if pixel_mask.shape != self.block_shape:
@@ -188,16 +190,15 @@ class DrspcAccumulator:
                 key = np.packbits(pixel_mask).tobytes()
                 row_any = pixel_mask.any(axis=1)
                 if np.array_equal(pixel_mask.all(axis=1), row_any):
-                    units, unit_len = np.flatnonzero(row_any), self.block_shape[1]
-                else:
-                    units, unit_len = np.flatnonzero(pixel_mask), 1
+                    rows = np.flatnonzero(row_any)
+                else:  # irregular mask: add zeros outside it (exact, sums unchanged)
+                    analog = np.where(pixel_mask, analog, 0)
+                    digital = np.where(pixel_mask, digital, 0)
 
         cells = cells.astype(np.int64)
         trains = trains.astype(np.int64)
-        n_units = self._n_pix // unit_len
-        a_units = analog.reshape(n_frames, n_units, unit_len)
-        d_units = digital.reshape(n_frames, n_units, unit_len)
-        n_values = self._n_pix if units is None else units.size * unit_len
+        n_rows, n_cols = self.block_shape
+        n_values = self._n_pix if rows is None else rows.size * n_cols
         block = max(1, _BLOCK_VALUES // n_values)
         for g, (t0, t1) in enumerate(self.windows):
             sel = np.flatnonzero((cells >= 0) & (trains >= t0) & (trains < t1))
@@ -209,16 +210,41 @@ class DrspcAccumulator:
             np.add.at(xs[g, 0], c, 1)
             np.add.at(xs[g, 1], c, t)
             np.add.at(xs[g, 2], c, t * t)
-            state = self._sums[g].reshape(self.n_cells, _N_PIX_SUMS, n_units, unit_len)
             for layer in _distinct_cell_layers(c):
                 for start in range(0, layer.size, block):
                     blk = layer[start:start + block]
                     frames = sel[blk]
-                    if units is None:
-                        a, d = a_units[frames], d_units[frames]
-                    else:
-                        a, d = a_units[frames[:, None], units], d_units[frames[:, None], units]
-                    _add_block(state, c[blk], t[blk], a, d, units)
+                    if rows is None:
+                        self._add_block(self._sums[g], c[blk], t[blk],
+                                        analog[frames].reshape(blk.size, -1),
+                                        digital[frames].reshape(blk.size, -1))
+                        continue
+                    state = self._sums[g].reshape(self.n_cells, _N_PIX_SUMS, n_rows, n_cols)
+                    a_rows = analog[frames[:, None], rows]
+                    d_rows = digital[frames[:, None], rows]
+                    for i, row in enumerate(rows):
+                        self._add_block(state[:, :, row], c[blk], t[blk], a_rows[:, i],
+                                        d_rows[:, i])
+
+    def _add_block(
+        self, state: np.ndarray, c: np.ndarray, t: np.ndarray, a: np.ndarray, d: np.ndarray
+    ) -> None:
+        """Add frames of pairwise distinct cells ``c`` to ``state`` ``(cell, quantity, value)``.
+
+        ``a``, ``d``: ``(frame, value)``. Gathers the touched state rows into a reused scratch
+        buffer (no large temporaries: repeated multi-MB allocations cost more than the sums).
+        """
+        size = c.size * _N_PIX_SUMS * a.shape[1]
+        part = self._scratch[0, :size].reshape(c.size, _N_PIX_SUMS, a.shape[1])
+        touched = self._scratch[1, :size].reshape(part.shape)
+        part[:, _SA] = a
+        part[:, _SD] = d
+        np.multiply(t[:, None], part[:, _SA], out=part[:, _STA])
+        np.multiply(part[:, _SA], part[:, _SA], out=part[:, _SAA])
+        np.multiply(part[:, _SD], part[:, _SD], out=part[:, _SDD])
+        np.take(state, c, axis=0, out=touched, mode="clip")
+        touched += part
+        state[c] = touched
 
     def merge(self, other: "DrspcAccumulator") -> None:
         """Add the state of ``other`` (same configuration) to this accumulator, exactly."""
@@ -231,16 +257,42 @@ class DrspcAccumulator:
             self._xsums.setdefault(key, np.zeros_like(xs))
             self._xsums[key] += xs
 
-    def _x_sums_per_pixel(self) -> np.ndarray:
-        """n, Σt, Σt² as ``(window, 3, cell, pixel)`` int64, expanded from the per-mask sums."""
-        out = np.zeros((2, 3, self.n_cells, self._n_pix), dtype=np.int64)
+    def _x_sums_per_pixel(self, g: int) -> np.ndarray:
+        """n, Σt, Σt² of window ``g`` as ``(3, cell, pixel)`` int64, expanded from the per-mask
+        sums."""
+        out = np.zeros((3, self.n_cells, self._n_pix), dtype=np.int64)
         for key, xs in self._xsums.items():
             if key is None:
-                out += xs[..., None]
+                out += xs[g, ..., None]
             else:
                 mask = np.unpackbits(np.frombuffer(key, dtype=np.uint8))[: self._n_pix]
-                out[..., mask.astype(bool)] += xs[..., None]
+                out[..., mask.astype(bool)] += xs[g, ..., None]
         return out
+
+    def _fit_window(self, g: int) -> dict[str, np.ndarray]:
+        """Closed-form fit of window ``g``: float64 ``(cell, pixel)`` arrays and ``fit_ok``."""
+        n, sx, sxx = self._x_sums_per_pixel(g).astype(np.float64)
+        sy, sxy, syy, sd, sdd = self._sums[g].astype(np.float64).transpose(1, 0, 2)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            dxx = n * sxx - sx * sx
+            dxy = n * sxy - sx * sy
+            fit_ok = (n >= 2) & (dxx > 0)
+            slope = np.where(fit_ok, dxy / dxx, np.nan)
+            offset = np.where(fit_ok, (sy - slope * sx) / n, np.nan)
+            ssr = np.maximum(n * syy - sy * sy - dxy * dxy / dxx, 0.0) / n  # Σ residual²
+            residual = np.where(fit_ok, np.sqrt(ssr / n), np.nan)
+            has_points = n >= 1
+            gain_level = np.where(has_points, sd / n, np.nan)
+            gain_std = np.where(has_points, np.sqrt(np.maximum(n * sdd - sd * sd, 0.0)) / n, np.nan)
+        return {
+            "slope": slope,
+            "offset": offset,
+            "gain_level": gain_level,
+            "gain_level_std": gain_std,
+            "residual_rms": residual,
+            "n_points": n,
+            "fit_ok": fit_ok,
+        }
 
     def finalize(self) -> dict[str, np.ndarray]:
         """Fit results, each indexed ``(k, cell, row, col)``.
@@ -255,60 +307,41 @@ class DrspcAccumulator:
             residual), ADU — all float32; ``n_points`` (2,...) int32; ``bad_pixels`` (2,...)
             uint32 :class:`~calib_mpi.badpixels.BadPixels` bits. k = 0 high, 1 medium gain.
         """
-        xs = self._x_sums_per_pixel().astype(np.float64)
-        n, sx, sxx = xs[:, 0], xs[:, 1], xs[:, 2]
-        s = self._sums.astype(np.float64)
-        sy, sxy, syy = s[:, :, _SA], s[:, :, _STA], s[:, :, _SAA]
-        sd, sdd = s[:, :, _SD], s[:, :, _SDD]
-
-        with np.errstate(divide="ignore", invalid="ignore"):
-            dxx = n * sxx - sx * sx
-            dxy = n * sxy - sx * sy
-            dyy = n * syy - sy * sy
-            fit_ok = (n >= 2) & (dxx > 0)
-            slope = np.where(fit_ok, dxy / dxx, np.nan)
-            offset = np.where(fit_ok, (sy - slope * sx) / n, np.nan)
-            ssr = np.maximum(dyy - dxy * dxy / dxx, 0.0) / n
-            residual = np.where(fit_ok, np.sqrt(ssr / n), np.nan)
-            has_points = n >= 1
-            gain_level = np.where(has_points, sd / n, np.nan)
-            gain_std = np.where(has_points, np.sqrt(np.maximum(n * sdd - sd * sd, 0.0)) / n, np.nan)
-            threshold = (gain_level[0] + gain_level[1]) / 2
-            ratio = slope[0] / slope[1]
-
-        bad = np.zeros(slope.shape, dtype=BAD_PIXEL_DTYPE)
-        bad[~fit_ok] |= _bit(BadPixels.CI_EVAL_ERROR)
-        not_finite = ~(
-            np.isfinite(slope) & np.isfinite(offset) & np.isfinite(residual)
-            & np.isfinite(gain_level)
-        )
-        not_finite |= ~(np.isfinite(threshold) & np.isfinite(ratio))[None]
-        bad[not_finite] |= _bit(BadPixels.VALUE_IS_NAN)
-        for g in range(2):
-            bad[g][residual[g] > self.residual_limits[g]] |= _bit(BadPixels.CI_LINEAR_DEVIATION)
-            lo, hi = self.slope_limits[g]
-            bad[g][(slope[g] < lo) | (slope[g] > hi)] |= _bit(BadPixels.CI_GAIN_OF_OF_THRESHOLD)
-        spacing = gain_level[1] - gain_level[0]
-        min_spacing = self.min_gain_separation * (gain_std[0] + gain_std[1])
-        bad_levels = (spacing <= 0) | (spacing < min_spacing)
-        bad[:, bad_levels] |= _bit(BadPixels.GAIN_THRESHOLDING_ERROR)
-
         shape = (self.n_cells, *self.block_shape)
-
-        def out(arr: np.ndarray, dtype: type = np.float32) -> np.ndarray:
-            return arr.reshape(-1, *shape).astype(dtype)
-
-        return {
-            "slope": out(slope),
-            "offset": out(offset),
-            "gain_level": out(gain_level),
-            "gain_level_std": out(gain_std),
-            "threshold": out(threshold),
-            "ratio": out(ratio),
-            "residual_rms": out(residual),
-            "n_points": out(n, np.int32),
-            "bad_pixels": out(bad, BAD_PIXEL_DTYPE),
+        dtypes = {"n_points": np.int32}
+        res = {
+            name: np.empty((2, *shape), dtype=dtypes.get(name, np.float32))
+            for name in ("slope", "offset", "gain_level", "gain_level_std", "residual_rms",
+                         "n_points")
         }
+        bad = np.zeros((2, *shape), dtype=BAD_PIXEL_DTYPE)
+        for g in range(2):
+            fit = self._fit_window(g)
+            for name, arr in res.items():
+                arr[g] = fit[name].reshape(shape)
+            bad[g][~fit["fit_ok"].reshape(shape)] |= _bit(BadPixels.CI_EVAL_ERROR)
+            too_large = fit["residual_rms"] > self.residual_limits[g]
+            bad[g][too_large.reshape(shape)] |= _bit(BadPixels.CI_LINEAR_DEVIATION)
+            lo, hi = self.slope_limits[g]
+            outside = (fit["slope"] < lo) | (fit["slope"] > hi)
+            bad[g][outside.reshape(shape)] |= _bit(BadPixels.CI_GAIN_OF_OF_THRESHOLD)
+            del fit
+
+        gl, gl_std, slope = res["gain_level"], res["gain_level_std"], res["slope"]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            res["threshold"] = (gl[:1] + gl[1:]) / np.float32(2)
+            res["ratio"] = slope[:1] / slope[1:]
+        spacing = gl[1] - gl[0]
+        min_spacing = self.min_gain_separation * (gl_std[0] + gl_std[1])
+        bad[:, (spacing <= 0) | (spacing < min_spacing)] |= _bit(
+            BadPixels.GAIN_THRESHOLDING_ERROR
+        )
+        finite = np.isfinite(res["threshold"][0]) & np.isfinite(res["ratio"][0])
+        for name in ("slope", "offset", "residual_rms", "gain_level"):
+            finite = finite & np.isfinite(res[name])
+        bad[~finite] |= _bit(BadPixels.VALUE_IS_NAN)
+        res["bad_pixels"] = bad
+        return res
 
 
 def _bit(flag: BadPixels) -> np.uint32:
@@ -329,26 +362,3 @@ def _distinct_cell_layers(c: np.ndarray) -> list[np.ndarray]:
         return [order]
     return [order[occurrence == j] for j in range(occurrence.max() + 1)]
 
-
-def _add_block(
-    state: np.ndarray,
-    c: np.ndarray,
-    t: np.ndarray,
-    a: np.ndarray,
-    d: np.ndarray,
-    units: np.ndarray | None,
-) -> None:
-    """Add frames with pairwise distinct cells ``c`` to ``state`` (cell, quantity, unit, value).
-
-    ``a``, ``d``: ``(frame, unit, value)`` of the selected units (all units if ``units`` is None).
-    """
-    part = np.empty((c.size, _N_PIX_SUMS, *a.shape[1:]), dtype=np.int64)
-    part[:, _SA] = a
-    part[:, _SD] = d
-    np.multiply(t[:, None, None], part[:, _SA], out=part[:, _STA])
-    np.multiply(part[:, _SA], part[:, _SA], out=part[:, _SAA])
-    np.multiply(part[:, _SD], part[:, _SD], out=part[:, _SDD])
-    if units is None:
-        state[c] += part
-    else:
-        state[c[:, None, None], np.arange(_N_PIX_SUMS)[:, None], units] += part

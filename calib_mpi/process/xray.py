@@ -37,7 +37,7 @@ _SQRT_2PI = np.sqrt(2.0 * np.pi)
 # bin used by the windowed moments (another 1/12), in ADU^2.
 _BINNING_VARIANCE = 1.0 / 6.0
 # Rows (cell, pixel histograms) processed at once in ``finalize`` (bounds temporary memory).
-_FINALIZE_ROWS = 8192
+_FINALIZE_ROWS = 2048
 # Largest bincount output (elements) of one cell block in ``update``.
 _BINCOUNT_BUDGET = 1 << 22
 
@@ -58,21 +58,30 @@ def _as_frames(analog: np.ndarray, cells: np.ndarray) -> tuple[np.ndarray, np.nd
 
 
 def estimate_origin(
-    analog: np.ndarray, cells: np.ndarray, n_cells: int, margin: int = 64
+    analog: np.ndarray,
+    cells: np.ndarray,
+    n_cells: int,
+    margin: int = 64,
+    quantile: float = 0.25,
 ) -> np.ndarray:
     """Histogram origin per (cell, pixel) from a sample of frames.
 
-    The origin is ``floor(median) - margin`` of the frames of each (cell, pixel); with a mean
-    photon number below ln 2 the median lies in the noise peak (about 1 sigma above it).
-    Cells without frames get the ASIC-wide median (median of all per-(cell, pixel) medians).
-    Without any valid frame the origin is 0. The result does not depend on the frame order.
+    The origin is ``q - margin`` with ``q`` the ``quantile`` of the sampled values of each
+    (cell, pixel) (the sorted value of rank ``floor(quantile * (n - 1))``, an integer). The
+    default lower quartile stays in the noise peak for a mean photon number up to ~1.4 even
+    for small samples, while the median leaves it for a noticeable fraction of pixels of a small
+    sample once the mean photon number approaches ln 2 ~ 0.69 (e.g. 1.5 % of the pixels for
+    100 frames at 0.5 photons). Cells without frames get the ASIC-wide median of the
+    per-(cell, pixel) quantiles, minus the margin. Without any valid frame the origin is
+    ``-margin``. The result does not depend on the frame order.
 
     Parameters
     ----------
     analog : (frame, 64, 64) uint16 or int16, ADU.
     cells : (frame,) int, memory cell of each frame, -1 (or out of range) = invalid, ignored.
     n_cells : number of memory cells.
-    margin : ADU kept below the median.
+    margin : ADU kept below the quantile.
+    quantile : in [0, 1], 0.5 = (lower) median.
 
     Returns
     -------
@@ -90,12 +99,10 @@ def estimate_origin(
         keys.sort(axis=0)
         present, count = np.unique(c, return_counts=True)
         start = np.concatenate(([0], np.cumsum(count)[:-1]))
-        lo = keys[start + (count - 1) // 2] - present[:, None] * (2 * shift) - shift
-        hi = keys[start + count // 2] - present[:, None] * (2 * shift) - shift
-        twice_median = lo + hi  # exact integers
-        fill = np.floor(np.median(twice_median) / 2.0)
-        origin[:] = fill
-        origin[present] = np.floor_divide(twice_median, 2)
+        rank = np.floor(quantile * (count - 1)).astype(np.int64)
+        value = keys[start + rank] - present[:, None] * (2 * shift) - shift
+        origin[:] = np.floor(np.median(value))
+        origin[present] = value
     origin -= margin
     return origin.reshape(n_cells, 64, 64).astype(np.int32)
 
@@ -337,8 +344,8 @@ class XrayAccumulator:
         spacing = mu1 - mu0
         total = n_in + self.underflow + self.overflow
         bad = np.zeros(n_rows, BAD_PIXEL_DTYPE)
-        bad[total == 0] |= BadPixels.FF_NO_ENTRIES
-        bad[(total > 0) & ~np.isfinite(spacing)] |= BadPixels.FF_GAIN_EVAL_ERROR
+        bad[total == 0] |= BAD_PIXEL_DTYPE(BadPixels.FF_NO_ENTRIES)
+        bad[(total > 0) & ~np.isfinite(spacing)] |= BAD_PIXEL_DTYPE(BadPixels.FF_GAIN_EVAL_ERROR)
 
         shape = (1, self.n_cells, 64, 64)
 
@@ -378,7 +385,12 @@ class XrayAccumulator:
         # Peak finding on box sums of `smooth` bins (zero padded, exact integers).
         j = np.arange(n_bins)
         half = self.smooth // 2
-        hs = cum[:, np.minimum(j + half + 1, n_bins)] - cum[:, np.maximum(j - half, 0)]
+        pad = np.empty((n_rows, n_bins + 2 * half + 1), np.int64)
+        pad[:, :half] = 0
+        pad[:, half : half + n_bins + 1] = cum
+        pad[:, half + n_bins + 1 :] = cum[:, -1:]
+        hs = pad[:, 2 * half + 1 :] - pad[:, :n_bins]
+        del pad
         p0 = np.argmax(hs, axis=1)
         h0 = hs[rows, p0]
         # Running minimum from the noise peak upwards = deepest valley before each bin; the

@@ -167,7 +167,7 @@ def scan_file(path: Path, source: str, run: int, module: int) -> FileIndex:
         max_cell = -1
         if len(ids):
             frame_train = np.repeat(ids, count)
-            sel = np.concatenate([np.arange(a, a + c) for a, c in zip(first, count)])
+            sel = np.concatenate([np.arange(a, a + c) for a, c in zip(first, count, strict=False)])
             mismatch = frame_tid[sel] != frame_train
             if mismatch.any():
                 dropped["frame trainId differs from INDEX (frames)"] = int(mismatch.sum())

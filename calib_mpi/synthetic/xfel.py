@@ -194,7 +194,7 @@ def write_dark_runs(out_dir: Path | str, p: DarkRunSet | None = None) -> Path:
                     frames = np.empty((int(counts.sum()), 2, 512, 128), np.uint16)
                     cells = np.empty(int(counts.sum()), np.int64)
                     j = 0
-                    for t, c in zip(seq_pos, counts):
+                    for _t, c in zip(seq_pos, counts, strict=False):
                         if not c:
                             continue
                         z = rng.standard_normal((2, p.n_cells, 512, 128), dtype=np.float32)

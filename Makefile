@@ -1,0 +1,31 @@
+# calib-mpi: every target installs what it needs first (idempotent), then does its job.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+NP ?= 4
+export OMPI_ALLOW_RUN_AS_ROOT := 1
+export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM := 1
+export OMPI_MCA_rmaps_base_oversubscribe := 1
+
+.PHONY: setup demo test lint bench clean
+
+setup:
+	@bash scripts/setup-env.sh
+
+demo: setup
+	@bash scripts/demo.sh $(NP)
+
+test: setup
+	@echo "[test] ruff check"
+	@$(VENV)/bin/ruff check calib_mpi tests benchmarks
+	@echo "[test] pytest"
+	@$(PY) -m pytest -ra $(PYTEST_ARGS)
+
+lint: setup
+	@$(VENV)/bin/ruff check calib_mpi tests benchmarks
+
+bench: setup
+	@$(PY) benchmarks/bench.py $(BENCH_ARGS)
+
+clean:
+	rm -rf demo bench-out .pytest_cache

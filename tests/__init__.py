@@ -1,0 +1,1 @@
+"""calib-mpi test suite."""

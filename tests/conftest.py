@@ -1,0 +1,81 @@
+"""Shared fixtures: synthetic run sets and a real ``mpirun`` runner with a timeout."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from calib_mpi.synthetic.xfel import DarkRunSet, write_config, write_dark_runs
+
+VENV_BIN = Path(sys.executable).parent
+MPI_ENV = {
+    "OMPI_ALLOW_RUN_AS_ROOT": "1",
+    "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+    "OMPI_MCA_rmaps_base_oversubscribe": "1",
+}
+
+
+@dataclass
+class MPIResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+def run_mpi(n: int, args: list[str], timeout: float = 120, env: dict | None = None
+            ) -> MPIResult:
+    """Run ``mpirun -n n calib-mpi args`` in a subprocess; a hang fails the test."""
+    full_env = dict(os.environ, **MPI_ENV, **(env or {}))
+    cmd = ["mpirun", "-n", str(n), str(VENV_BIN / "calib-mpi"), *map(str, args)]
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env,
+                           start_new_session=True)
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"mpirun -n {n} did not finish within {timeout} s (hung collective?)\n"
+                    f"stdout: {e.stdout}\nstderr: {e.stderr}")
+    return MPIResult(p.returncode, p.stdout, p.stderr)
+
+
+@dataclass
+class RunSet:
+    raw: Path
+    params: DarkRunSet
+
+    @property
+    def truth(self) -> Path:
+        return self.raw / "truth.h5"
+
+    def config(self, path: Path, out: Path, **extra) -> Path:
+        return write_config(path, self.raw, out, self.params, **extra)
+
+    def copy(self, dest: Path) -> RunSet:
+        """A copy whose files can be damaged without touching the shared set."""
+        shutil.copytree(self.raw, dest, copy_function=os.link)
+        return RunSet(dest, self.params)
+
+
+@pytest.fixture(scope="session")
+def dark_set(tmp_path_factory) -> RunSet:
+    """2 modules, 3 runs, 3 sequences, 4 cells, 20 trains; module 1 starts one train later and
+    loses trains 3 and 11 (17 trains with data)."""
+    p = DarkRunSet()
+    raw = tmp_path_factory.mktemp("dark") / "raw"
+    write_dark_runs(raw, p)
+    return RunSet(raw, p)
+
+
+def detach(path: Path) -> None:
+    """Replace a hard link by a private copy before modifying the file."""
+    tmp = path.with_name(path.name + ".copy")
+    shutil.copyfile(path, tmp)
+    os.replace(tmp, path)
