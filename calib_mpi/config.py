@@ -100,9 +100,10 @@ class Config:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()}
 
 
-def _base_parser(default_files: list[str]) -> configargparse.ArgParser:
+def _base_parser(default_files: list[str], add_help: bool = True) -> configargparse.ArgParser:
     p = configargparse.ArgParser(
         prog="calib-mpi",
+        add_help=add_help,
         description=(
             "Compute AGIPD calibration constants (offset, noise, gain thresholds, bad pixels) "
             "from raw runs, in parallel with MPI: mpirun -n 16 calib-mpi run.conf"
@@ -118,7 +119,8 @@ def _base_parser(default_files: list[str]) -> configargparse.ArgParser:
         ),
     )
     p.add_argument("config", nargs="?", is_config_file=True, help="config file (key = value)")
-    p.add_argument("--version", action="version", version=f"calib-mpi {__version__}")
+    if add_help:
+        p.add_argument("--version", action="version", version=f"calib-mpi {__version__}")
     return p
 
 
@@ -126,55 +128,120 @@ def build_parser(default_files: list[str] | None = None) -> configargparse.ArgPa
     """The full command-line parser (also used for ``--help``)."""
     p = _base_parser(default_files or [])
     g = p.add_argument_group("what to compute")
-    g.add_argument("--facility", choices=FACILITIES, default="xfel",
-                   help="facility defaults to load from facility_specifics/<facility>.conf")
-    g.add_argument("--measurement", choices=MEASUREMENTS, default="dark",
-                   help="kind of calibration run set")
-    g.add_argument("--input_dir", "--input-dir",
-                   help="XFEL: directory holding the run folders rNNNN/")
-    g.add_argument("--runs", "--run", nargs="+",
-                   help="run numbers; dark: exactly three, in the order high, medium, low gain")
-    g.add_argument("--modules", "--module", nargs="+",
-                   help="module numbers, e.g. '0 3' or '0-15'")
+    g.add_argument(
+        "--facility",
+        choices=FACILITIES,
+        default="xfel",
+        help="facility defaults to load from facility_specifics/<facility>.conf",
+    )
+    g.add_argument(
+        "--measurement", choices=MEASUREMENTS, default="dark", help="kind of calibration run set"
+    )
+    g.add_argument(
+        "--input_dir", "--input-dir", help="XFEL: directory holding the run folders rNNNN/"
+    )
+    g.add_argument(
+        "--runs",
+        "--run",
+        nargs="+",
+        help="run numbers; dark: exactly three, in the order high, medium, low gain",
+    )
+    g.add_argument("--modules", "--module", nargs="+", help="module numbers, e.g. '0 3' or '0-15'")
     g.add_argument("--detector", help="XFEL detector source prefix, e.g. SPB_DET_AGIPD1M-1")
-    g.add_argument("--n_cells", "--n-cells", type=int, default=0,
-                   help="number of memory cells of the constants (0: max(cellId)+1 of all files)")
+    g.add_argument(
+        "--n_cells",
+        "--n-cells",
+        type=int,
+        default=0,
+        help="number of memory cells of the constants (0: max(cellId)+1 of all files)",
+    )
     g = p.add_argument_group("output")
     g.add_argument("--output_dir", "--output-dir", help="directory for the results")
-    g.add_argument("--steps", nargs="+", default=list(ALL_STEPS),
-                   help=f"steps to run, a subset of {' '.join(ALL_STEPS)}")
-    g.add_argument("--overwrite", action="store_true",
-                   help="replace existing results (default: refuse)")
-    g.add_argument("--dry_run", "--dry-run", action="store_true",
-                   help="print the plan (files, trains, cells, rank assignment) and stop")
+    g.add_argument(
+        "--steps",
+        nargs="+",
+        default=list(ALL_STEPS),
+        help=f"steps to run, a subset of {' '.join(ALL_STEPS)}",
+    )
+    g.add_argument(
+        "--overwrite", action="store_true", help="replace existing results (default: refuse)"
+    )
+    g.add_argument(
+        "--dry_run",
+        "--dry-run",
+        action="store_true",
+        help="print the plan (files, trains, cells, rank assignment) and stop",
+    )
     g = p.add_argument_group("file layout (facility defaults)")
-    g.add_argument("--run_dir_pattern", "--run-dir-pattern", default="r{run:04d}",
-                   help="run folder name inside input_dir")
-    g.add_argument("--file_pattern", "--file-pattern",
-                   default="RAW-R{run:04d}-AGIPD{module:02d}-S{seq:05d}.h5",
-                   help="raw file name of one module and sequence")
-    g.add_argument("--source_pattern", "--source-pattern",
-                   default="{detector}/DET/{module}CH0:xtdf", help="detector source name")
+    g.add_argument(
+        "--run_dir_pattern",
+        "--run-dir-pattern",
+        default="r{run:04d}",
+        help="run folder name inside input_dir",
+    )
+    g.add_argument(
+        "--file_pattern",
+        "--file-pattern",
+        default="RAW-R{run:04d}-AGIPD{module:02d}-S{seq:05d}.h5",
+        help="raw file name of one module and sequence",
+    )
+    g.add_argument(
+        "--source_pattern",
+        "--source-pattern",
+        default="{detector}/DET/{module}CH0:xtdf",
+        help="detector source name",
+    )
     g = p.add_argument_group("performance")
-    g.add_argument("--chunk_frames", "--chunk-frames", type=int, default=256,
-                   help="frames read per slab; bounds memory per rank (~0.75 MB per frame)")
-    g.add_argument("--io_driver", "--io-driver", choices=("auto", "mpio", "posix"),
-                   default="auto",
-                   help="HDF5 driver: mpio (parallel HDF5), posix (serial), auto (mpio if h5py "
-                        "has MPI support)")
+    g.add_argument(
+        "--chunk_frames",
+        "--chunk-frames",
+        type=int,
+        default=256,
+        help="frames read per slab; bounds memory per rank (~0.75 MB per frame)",
+    )
+    g.add_argument(
+        "--io_driver",
+        "--io-driver",
+        choices=("auto", "mpio", "posix"),
+        default="auto",
+        help="HDF5 driver: mpio (parallel HDF5), posix (serial), auto (mpio if h5py "
+        "has MPI support)",
+    )
     g = p.add_argument_group("bad pixels (dark)")
-    g.add_argument("--offset_sigma", "--offset-sigma", type=float, default=5.0,
-                   help="flag offsets further than this many robust sigmas from the module "
-                        "median per (gain, cell)")
-    g.add_argument("--noise_sigma", "--noise-sigma", type=float, default=5.0,
-                   help="same for the noise")
-    g.add_argument("--offset_hard", "--offset-hard", nargs=2, type=float,
-                   default=[0.0, 16383.0], help="hard [low, high] limits of the offset (ADU)")
-    g.add_argument("--noise_hard", "--noise-hard", nargs=2, type=float,
-                   default=[0.1, 500.0], help="hard [low, high] limits of the noise (ADU)")
-    g.add_argument("--gain_separation_sigma", "--gain-separation-sigma", type=float,
-                   default=3.0,
-                   help="minimum (gl[g+1]-gl[g])/(sd[g]+sd[g+1]) between gain levels")
+    g.add_argument(
+        "--offset_sigma",
+        "--offset-sigma",
+        type=float,
+        default=5.0,
+        help="flag offsets further than this many robust sigmas from the module "
+        "median per (gain, cell)",
+    )
+    g.add_argument(
+        "--noise_sigma", "--noise-sigma", type=float, default=5.0, help="same for the noise"
+    )
+    g.add_argument(
+        "--offset_hard",
+        "--offset-hard",
+        nargs=2,
+        type=float,
+        default=[0.0, 16383.0],
+        help="hard [low, high] limits of the offset (ADU)",
+    )
+    g.add_argument(
+        "--noise_hard",
+        "--noise-hard",
+        nargs=2,
+        type=float,
+        default=[0.1, 500.0],
+        help="hard [low, high] limits of the noise (ADU)",
+    )
+    g.add_argument(
+        "--gain_separation_sigma",
+        "--gain-separation-sigma",
+        type=float,
+        default=3.0,
+        help="minimum (gl[g+1]-gl[g])/(sd[g]+sd[g+1]) between gain levels",
+    )
     g = p.add_argument_group("messages")
     g.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     g.add_argument("-q", "--quiet", action="store_true", help="errors only")
@@ -182,7 +249,7 @@ def build_parser(default_files: list[str] | None = None) -> configargparse.ArgPa
 
 
 def _facility_file(argv: list[str]) -> str:
-    pre = _base_parser([])
+    pre = _base_parser([], add_help=False)
     pre.add_argument("--facility", default="xfel")
     known, _ = pre.parse_known_args(argv)
     if known.facility not in FACILITIES:
@@ -209,7 +276,8 @@ def parse_config(argv: list[str]) -> Config:
     missing = [k for k in ("input_dir", "runs", "modules", "output_dir") if not getattr(ns, k)]
     if missing:
         raise ConfigError(
-            "missing required setting(s): " + ", ".join(missing)
+            "missing required setting(s): "
+            + ", ".join(missing)
             + " (give them in the config file as 'key = value' or as --key value)"
         )
     runs = tuple(parse_int_list(ns.runs, "runs"))

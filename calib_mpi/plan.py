@@ -79,17 +79,22 @@ class Plan:
         for ri, run in enumerate(self.runs):
             axis = self.train_axis[ri]
             span = f"{int(axis[0])}..{int(axis[-1])}" if len(axis) else "none"
-            lines.append(f"run {run}: {len(axis)} trains (IDs {span}), "
-                         f"{len(self.rounds[ri])} read rounds")
+            lines.append(
+                f"run {run}: {len(axis)} trains (IDs {span}), {len(self.rounds[ri])} read rounds"
+            )
             for m in self.modules:
                 fl = self.files[(ri, m)]
                 drop = self.dropped.get((ri, m)) or {}
                 extra = f", left out: {drop}" if drop else ""
-                lines.append(f"  module {m:2d}: {len(fl)} files, "
-                             f"{self.trains_used[(ri, m)]} trains with data{extra}")
+                lines.append(
+                    f"  module {m:2d}: {len(fl)} files, "
+                    f"{self.trains_used[(ri, m)]} trains with data{extra}"
+                )
         for r, units in enumerate(self.owners):
-            desc = ", ".join(f"M{m}:{_ranges([u.block for u in units if u.module == m])}"
-                             for m in sorted({u.module for u in units}))
+            desc = ", ".join(
+                f"M{m}:{_ranges([u.block for u in units if u.module == m])}"
+                for m in sorted({u.module for u in units})
+            )
             lines.append(f"rank {r}: ASIC blocks {desc or 'none'}")
         return "\n".join(lines)
 
@@ -113,11 +118,12 @@ def assign_units(modules: tuple[int, ...], n_ranks: int) -> list[list[Unit]]:
     """
     units = [Unit(m, b) for m in modules for b in range(N_ASICS)]
     n = len(units)
-    return [units[r * n // n_ranks:(r + 1) * n // n_ranks] for r in range(n_ranks)]
+    return [units[r * n // n_ranks : (r + 1) * n // n_ranks] for r in range(n_ranks)]
 
 
-def make_slabs(run_index: int, module: int, files: list[FileIndex],
-               chunk_frames: int) -> list[Slab]:
+def make_slabs(
+    run_index: int, module: int, files: list[FileIndex], chunk_frames: int
+) -> list[Slab]:
     """Cut each file's used frame range into slabs aligned with its HDF5 chunks."""
     slabs = []
     for fi, info in enumerate(files):
@@ -134,8 +140,9 @@ def make_slabs(run_index: int, module: int, files: list[FileIndex],
 def assign_reads(slabs: list[Slab], owners: list[list[Unit]]) -> list[list[Slab | None]]:
     """Distribute slabs over ranks in rounds (one slab per rank and round).
 
-    The slabs of a module are read round-robin by the ranks owning its ASICs, so data mostly
-    stays within the group that needs it. Returns the rounds, each a list over ranks.
+    The slabs of a module are read by the ranks owning its ASICs (each slab by the least loaded
+    of them), so data mostly stays within the group that needs it. Returns the rounds, each a
+    list over ranks.
     """
     n_ranks = len(owners)
     queues: list[list[Slab]] = [[] for _ in range(n_ranks)]
@@ -144,10 +151,10 @@ def assign_reads(slabs: list[Slab], owners: list[list[Unit]]) -> list[list[Slab 
         by_module.setdefault(s.module, []).append(s)
     for m, ms in by_module.items():
         readers = [r for r in range(n_ranks) if any(u.module == m for u in owners[r])]
-        # start with the least loaded reader so that modules spread evenly
-        readers.sort(key=lambda r: (len(queues[r]), r))
-        for i, s in enumerate(ms):
-            queues[readers[i % len(readers)]].append(s)
+        # greedy: the least loaded owner of the module reads the next slab
+        for s in ms:
+            best = min(readers, key=lambda r: (len(queues[r]), r))
+            queues[best].append(s)
     n_rounds = max((len(q) for q in queues), default=0)
     return [[q[k] if k < len(q) else None for q in queues] for k in range(n_rounds)]
 
@@ -160,8 +167,14 @@ def cell_setting(max_cell: int) -> int:
     return max_cell + 1
 
 
-def build_plan(runs: tuple[int, ...], modules: tuple[int, ...], files: dict, n_ranks: int,
-               chunk_frames: int, n_cells: int = 0) -> Plan:
+def build_plan(
+    runs: tuple[int, ...],
+    modules: tuple[int, ...],
+    files: dict,
+    n_ranks: int,
+    chunk_frames: int,
+    n_cells: int = 0,
+) -> Plan:
     """Combine the scanned file metadata into a :class:`Plan`.
 
     ``files`` maps (run_index, module) to the list of :class:`FileIndex` of its sequences.
@@ -178,8 +191,9 @@ def build_plan(runs: tuple[int, ...], modules: tuple[int, ...], files: dict, n_r
         slabs = []
         for m in modules:
             fl = files[(ri, m)]
-            trains_used[(ri, m)] = int(len(np.unique(np.concatenate(
-                [fi.train_ids for fi in fl])))) if fl else 0
+            trains_used[(ri, m)] = (
+                int(len(np.unique(np.concatenate([fi.train_ids for fi in fl])))) if fl else 0
+            )
             agg: dict[str, int] = {}
             for fi in fl:
                 for k, v in fi.dropped.items():
@@ -187,6 +201,15 @@ def build_plan(runs: tuple[int, ...], modules: tuple[int, ...], files: dict, n_r
             dropped[(ri, m)] = agg
             slabs += make_slabs(ri, m, fl, chunk_frames)
         rounds[ri] = assign_reads(slabs, owners)
-    return Plan(runs=tuple(runs), modules=tuple(modules), n_cells=n_cells, n_ranks=n_ranks,
-                files=files, train_axis=train_axis, owners=owners, rounds=rounds,
-                trains_used=trains_used, dropped=dropped)
+    return Plan(
+        runs=tuple(runs),
+        modules=tuple(modules),
+        n_cells=n_cells,
+        n_ranks=n_ranks,
+        files=files,
+        train_axis=train_axis,
+        owners=owners,
+        rounds=rounds,
+        trains_used=trains_used,
+        dropped=dropped,
+    )

@@ -146,6 +146,29 @@ def _count_before(cum: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return np.where(idx <= 0, 0, _at(cum, np.minimum(idx, cum.shape[0]) - 1))
 
 
+def _valid_position(cum: np.ndarray, rank: np.ndarray) -> np.ndarray:
+    """Step of the ``rank``-th valid sample (1-based) per series; T when there is none."""
+    hit = cum >= rank[None, :]
+    return np.where(hit.any(axis=0), np.argmax(hit, axis=0), cum.shape[0])
+
+
+def _exclusion(cum: np.ndarray, bound: np.ndarray, n_excl: int) -> tuple[np.ndarray, np.ndarray]:
+    """Range ends around a boundary step that leave out ``n_excl`` valid samples on each side.
+
+    Returns ``(end_before, start_after)``: a stage ending at ``bound`` uses ``[.., end_before)``,
+    the next one ``[start_after, ..)``. Counting valid samples (not steps) keeps a transition
+    sample out of the fits also when the samples around it were lost.
+    """
+    n_before = _count_before(cum, bound)
+    end_before = np.where(n_before - n_excl >= 0, _valid_position(cum, n_before - n_excl + 1), 0)
+    start_after = np.where(
+        n_excl > 0, _valid_position(cum, n_before + n_excl) + 1, np.minimum(bound, cum.shape[0])
+    )
+    n_steps = cum.shape[0]
+    end_before = np.where(bound >= n_steps, n_steps, np.minimum(end_before, bound))
+    return end_before, np.minimum(np.maximum(start_after, bound), n_steps)
+
+
 def _edge_mean(
     values: np.ndarray,
     valid: np.ndarray,
@@ -322,27 +345,23 @@ def process_scan(
     sat = np.minimum(np.minimum(sat_flat, sat_thr), b2)
     sat = np.where(n_switch >= 2, sat, big)
 
-    def switch_end(sw: np.ndarray) -> np.ndarray:
-        return np.where(sw >= 0, sw - e, big)
-
     # stage extents [first, end): the last stage found ends at T, low gain at saturation
     first = np.stack([np.zeros(n_series, dtype=np.int64), b0, b1])
     end = np.stack([b0, b1, sat])
     has = np.stack([any_valid, n_switch >= 1, n_switch >= 2])
     stage_bounds = np.where(has[:, None, :], np.stack([first, end], axis=1), -1)
+    # fit ranges: skip_first at the start, transition_exclude valid samples at every boundary
+    cut = [_exclusion(cum, bnd, e) for bnd in (b0, b1, b2, sat)]
+    fit_lo = np.stack([np.full(n_series, p.skip_first), cut[0][1], cut[1][1]])
+    fit_hi = np.stack([cut[0][0], cut[1][0], cut[3][0]])
+    fit_lo = np.where(has, np.minimum(fit_lo, big), 0)
+    fit_hi = np.where(has, np.maximum(fit_hi, fit_lo), 0)
 
     # 4. analog confirmation of the two switches (after-window up to the next switch)
     for k in range(2):
-        bk = first[k + 1]
-        before = _edge_mean(af, v, cum, first[k] + (e if k else 0), bk - e, p.drop_window, True)
-        after = _edge_mean(af, v, cum, bk + e, switch_end(switch[k + 1]), p.drop_window, False)
+        before = _edge_mean(af, v, cum, fit_lo[k], cut[k][0], p.drop_window, last=True)
+        after = _edge_mean(af, v, cum, cut[k][1], cut[k + 1][0], p.drop_window, last=False)
         fail((switch[k] >= 0) & ~(before - after > p.safety_factor), 9)
-
-    # fit ranges: skip_first at the start, transition_exclude at every inner boundary
-    fit_lo = np.stack([np.full(n_series, p.skip_first), b0 + e, b1 + e])
-    fit_hi = np.where(end < big, end - e, big)
-    fit_lo = np.where(has, np.minimum(fit_lo, big), 0)
-    fit_hi = np.where(has, np.maximum(fit_hi, fit_lo), 0)
 
     # 5. per-stage sub-interval fits
     x = scaled_x(t, p.scaling_point, p.scaling_factor)

@@ -491,44 +491,72 @@ def _refine(
         f2 = c2[rows, jj] + hj * (((e + f) ** 3 - e**3) / 3.0)
         return f0, f1, f2
 
-    def window(mu: np.ndarray, half: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def window(mu: np.ndarray, half: np.ndarray) -> list[np.ndarray]:
         lo = cumulative(mu - half)
         hi = cumulative(mu + half)
-        n = hi[0] - lo[0]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mean = (hi[1] - lo[1]) / n
-            var = (hi[2] - lo[2]) / n - mean * mean
-        return n, mean, var
+        return [hi[0] - lo[0], hi[1] - lo[1], hi[2] - lo[2]]
+
+    def gauss_sums(
+        lo: np.ndarray, hi: np.ndarray, n: np.ndarray, mu_g: np.ndarray, s_g: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Count, sum x and sum x^2 of ``n`` entries ~ N(mu_g, s_g^2) inside ``[lo, hi]``."""
+        alpha = (lo - mu_g) / s_g
+        beta = (hi - mu_g) / s_g
+        pa = np.exp(-0.5 * alpha * alpha) / _SQRT_2PI
+        pb = np.exp(-0.5 * beta * beta) / _SQRT_2PI
+        d = ndtr(beta) - ndtr(alpha)
+        e = pa - pb
+        f = np.nan_to_num(alpha * pa) - np.nan_to_num(beta * pb)
+        z2 = (mu_g * mu_g + s_g * s_g) * d + 2.0 * mu_g * s_g * e + s_g * s_g * f
+        return n * d, n * (mu_g * d + s_g * e), n * z2
 
     mu = [p0.copy(), p1.copy()]
     s = [(p1 - p0) / (2.0 * k)] * 2
-    with np.errstate(invalid="ignore", divide="ignore"):
+    n_peak = [np.zeros(n_rows), np.zeros(n_rows)]
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         for _ in range(n_iter):
-            cap = 0.5 * (mu[1] - mu[0])
+            spacing = mu[1] - mu[0]
+            # Neighbouring peaks whose tails reach into each window: the 1-photon peak for the
+            # noise peak; the noise and the 2-photon peak for the 1-photon peak, the latter with
+            # Poisson statistics N2 = N1^2 / (2 N0) and width^2 = 2 s1^2 - s0^2.
+            n2 = np.where(n_peak[0] > 0, n_peak[1] ** 2 / (2.0 * n_peak[0]), 0.0)
+            s2 = np.sqrt(np.maximum(2.0 * s[1] ** 2 - s[0] ** 2, s[1] ** 2))
+            others = (
+                [(n_peak[1], mu[1], s[1])],
+                [(n_peak[0], mu[0], s[0]), (n2, mu[1] + spacing, s2)],
+            )
+            new = []
             for q in (0, 1):
-                half = np.minimum(k * s[q], cap)
-                _, mean, var = window(mu[q], half)
-                c = _truncated_moments(half / s[q])
-                s[q] = np.sqrt(np.maximum(var, 0.0) * c["m0"] / c["m2"])
-                mu[q] = mean
+                half = np.minimum(k * s[q], 0.5 * spacing)
+                sums = window(mu[q], half)
+                for n_o, mu_o, s_o in others[q]:
+                    z = gauss_sums(mu[q] - half, mu[q] + half, n_o, mu_o, s_o)
+                    sums = [w - zz for w, zz in zip(sums, z, strict=True)]
+                mean = sums[1] / sums[0]
+                var = sums[2] / sums[0] - mean * mean
+                m = _truncated_moments(half / s[q])
+                new.append(
+                    (mean, np.sqrt(np.maximum(var, 0.0) * m["m0"] / m["m2"]), sums[0] / m["m0"])
+                )
+            mu = [new[0][0], new[1][0]]
+            s = [new[0][1], new[1][1]]
+            n_peak = [new[0][2], new[1][2]]
         out: dict[str, np.ndarray] = {"ok": np.ones(n_rows, bool)}
-        cap = 0.5 * (mu[1] - mu[0])
+        spacing = mu[1] - mu[0]
         for q in (0, 1):
-            half = np.minimum(k * s[q], cap)
-            n_w, _, _ = window(mu[q], half)
+            half = np.minimum(k * s[q], 0.5 * spacing)
             a = half / s[q]
             m = _truncated_moments(a)
-            n_peak = n_w / m["m0"]
             c = m["m2"] / m["m0"]
             e_psi2 = m["m4"] - 2.0 * c * m["m2"] + c * c * m["m0"]
             g1 = 2.0 * a * (a * a - c) * m["phi"] - 2.0 * c * m["m0"]
             sigma2 = s[q] ** 2 - _BINNING_VARIANCE
             sigma = np.sqrt(np.maximum(sigma2, 0.0))
-            se_s = s[q] * np.sqrt(e_psi2 / (n_peak * g1 * g1))
+            se_s = s[q] * np.sqrt(e_psi2 / (n_peak[q] * g1 * g1))
             out[f"mu{q}"] = mu[q]
             out[f"s{q}"] = sigma
-            out[f"emu{q}"] = s[q] / np.sqrt(n_peak * m["m2"])
+            out[f"emu{q}"] = s[q] / np.sqrt(n_peak[q] * m["m2"])
             out[f"es{q}"] = se_s * s[q] / sigma
             inside = (mu[q] - half >= -0.5) & (mu[q] + half <= n_bins - 0.5)
-            out["ok"] &= np.isfinite(mu[q]) & (sigma2 > 0) & (n_w > 0) & inside
+            out["ok"] &= np.isfinite(mu[q]) & (sigma2 > 0) & (n_peak[q] > 0) & inside
     return out

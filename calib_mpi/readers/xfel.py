@@ -59,7 +59,7 @@ class FileIndex:
         for i in np.nonzero((self.first < stop) & (self.first + self.count > start))[0]:
             a = max(int(self.first[i]), start)
             b = min(int(self.first[i] + self.count[i]), stop)
-            out[a - start:b - start] = i
+            out[a - start : b - start] = i
         return out
 
 
@@ -111,10 +111,15 @@ def scan_file(path: Path, source: str, run: int, module: int) -> FileIndex:
     with f:
         img = f"INSTRUMENT/{source}/image"
         if f"{img}/data" not in f:
-            sources = sorted(f.get("INSTRUMENT", {}).keys()) if "INSTRUMENT" in f else []
+            sources: list[str] = []
+            if "INSTRUMENT" in f:
+                f["INSTRUMENT"].visit(
+                    lambda n: sources.append(n[:-6]) if n.endswith("/image") else None
+                )
             raise DataError(
                 f"{where}: no dataset {img}/data (expected detector source {source!r}; "
-                f"INSTRUMENT holds {sources}); check 'detector' and 'source_pattern'"
+                f"sources in the file: {sorted(sources)}); check 'detector' and "
+                "'source_pattern'"
             )
         dset = f[f"{img}/data"]
         if dset.ndim != 4 or tuple(dset.shape[1:]) != FRAME_SHAPE:
@@ -134,8 +139,13 @@ def scan_file(path: Path, source: str, run: int, module: int) -> FileIndex:
             count = _read(f, f"{ix}/count", where).astype(np.int64).ravel()
         elif f"{ix}/last" in f:
             last = _read(f, f"{ix}/last", where).astype(np.int64).ravel()
-            status = (_read(f, f"{ix}/status", where).astype(np.int64).ravel()
-                      if f"{ix}/status" in f else np.ones_like(last))
+            status = (
+                _read(f, f"{ix}/status", where).astype(np.int64).ravel()
+                if f"{ix}/status" in f
+                else np.ones_like(last)
+            )
+            if np.any((status != 0) & (last < first)):
+                raise DataError(f"{where}: {ix}/last is before 'first' for a train with data")
             count = np.where(status != 0, last - first + 1, 0)
         else:
             raise DataError(f"{where}: {ix} has neither 'count' nor 'last'")
@@ -173,8 +183,15 @@ def scan_file(path: Path, source: str, run: int, module: int) -> FileIndex:
                 dropped["frame trainId differs from INDEX (frames)"] = int(mismatch.sum())
             max_cell = int(cell_id[sel][~mismatch].max()) if (~mismatch).any() else -1
     return FileIndex(
-        path=str(path), source=source, n_frames=n_frames, chunk_frames=int(chunk),
-        train_ids=ids, first=first, count=count, max_cell=max_cell, dropped=dropped,
+        path=str(path),
+        source=source,
+        n_frames=n_frames,
+        chunk_frames=int(chunk),
+        train_ids=ids,
+        first=first,
+        count=count,
+        max_cell=max_cell,
+        dropped=dropped,
     )
 
 
