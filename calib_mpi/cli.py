@@ -35,6 +35,8 @@ from .recipes.dark import DarkRecipe
 log = logging.getLogger("calib_mpi")
 
 RECIPES = {"dark": DarkRecipe}
+#: ``calib-mpi <name> ...`` runs ``<module>.main(argv)`` instead of a calibration
+SUBCOMMANDS = {"plot": "calib_mpi.plot", "export": "calib_mpi.export"}
 
 
 def _setup_logging(cfg: Config | None, rank: int) -> None:
@@ -147,6 +149,10 @@ def print_summary(cfg: Config, info: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Console entry point."""
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in SUBCOMMANDS:
+        import importlib
+
+        return importlib.import_module(SUBCOMMANDS[argv[0]]).main(argv[1:])
     comm = MPI.COMM_WORLD
     cfg = None
     try:

@@ -22,10 +22,11 @@ lost samples are never compacted away, see known-defects.md item 21):
    the previous switch whose cleaned digital exceeds ``L_k + digital_switch_threshold``; the next
    level ``L_{k+1}`` is the median over the ``level_window`` steps after ``b_k``. Up to three
    switches are searched: three → error 2 (too many stages), fewer than two → error 3.
-4. *Confirmation* (analog): for each of the two switches the mean of the last ``drop_window``
-   valid analog samples of the stage before (ending ``transition_exclude`` steps before ``b_k``)
-   minus the mean of the first ``drop_window`` valid samples of the stage after (starting
-   ``transition_exclude`` steps after ``b_k``) must exceed ``safety_factor``, else error 9.
+4. *Confirmation* (analog): at each of the two switches the line fitted to the stage before,
+   evaluated at ``x(b_k)``, must exceed the line of the stage after by ``safety_factor``, else
+   error 9 (where a stage could not be fitted: the mean of the last ``drop_window`` valid
+   samples before the excluded transition minus the mean of the first ``drop_window`` after).
+   Evaluated after the fits (steps 6-7) but ranked before their errors.
 5. *Saturation*: inside the low stage ``[b_1, T)``, the first valid sample ``>=
    saturation_threshold``, or the first sample of the trailing run of flat steps
    (``|Δ| < saturation_threshold_diff``, at least ``min_flat`` steps; Δ of the analog after a
@@ -357,12 +358,6 @@ def process_scan(
     fit_lo = np.where(has, np.minimum(fit_lo, big), 0)
     fit_hi = np.where(has, np.maximum(fit_hi, fit_lo), 0)
 
-    # 4. analog confirmation of the two switches (after-window up to the next switch)
-    for k in range(2):
-        before = _edge_mean(af, v, cum, fit_lo[k], cut[k][0], p.drop_window, last=True)
-        after = _edge_mean(af, v, cum, cut[k][1], cut[k + 1][0], p.drop_window, last=False)
-        fail((switch[k] >= 0) & ~(before - after > p.safety_factor), 9)
-
     # 5. per-stage sub-interval fits
     x = scaled_x(t, p.scaling_point, p.scaling_factor)
     design = np.stack([np.ones(n_steps), x, x * x])
@@ -371,6 +366,7 @@ def process_scan(
     resid = np.full((N_GAINS, n_series), np.nan)
     n_points = np.zeros((N_GAINS, n_series), dtype=np.int32)
     stage_of = np.full((n_steps, n_series), -1, dtype=np.int8)
+    fit_fail: list[tuple[np.ndarray, int]] = []
     for g in range(N_GAINS):
         lo, hi, n_int = fit_lo[g], fit_hi[g], p.n_intervals[g]
         in_range = v & (tc >= lo) & (tc < hi)
@@ -378,8 +374,7 @@ def process_scan(
         n_points[g] = _count_before(cum, hi) - _count_before(cum, lo)
         step = (hi - lo) // n_int
         usable = has[g] & (step > 0)
-        fail(has[g] & (step <= 0), 7)
-        fail(usable & (n_points[g] < p.min_points[g]), 6)
+        fit_fail += [(has[g] & (step <= 0), 7), (usable & (n_points[g] < p.min_points[g]), 6)]
         keep = range(n_int)
         if n_int >= 3:
             keep = range(p.fit_cutoff_left, n_int - p.fit_cutoff_right)
@@ -395,9 +390,21 @@ def process_scan(
             singular |= usable & (fn >= 2) & ~(fdet > 0)
             if i in keep:
                 sums += np.stack([fs, fo, fr])
-        fail(too_few, 6)
+        fit_fail.append((too_few, 6))
         slope[g], offset[g], resid[g] = np.where(usable, sums / len(keep), np.nan)
-        fail(usable & ~too_few & (singular | ~np.isfinite(slope[g] + offset[g])), 5)
+        fit_fail.append((usable & ~too_few & (singular | ~np.isfinite(slope[g] + offset[g])), 5))
+
+    # 4. analog confirmation: jump between the fitted lines of both stages at the switch step
+    # (mean of drop_window valid samples next to the excluded ones where a fit is missing)
+    for k in range(2):
+        x_b = x[np.minimum(first[k + 1], n_steps - 1)]
+        drop = (offset[k] + slope[k] * x_b) - (offset[k + 1] + slope[k + 1] * x_b)
+        before = _edge_mean(af, v, cum, fit_lo[k], cut[k][0], p.drop_window, last=True)
+        after = _edge_mean(af, v, cum, cut[k][1], cut[k + 1][0], p.drop_window, last=False)
+        drop = np.where(np.isfinite(drop), drop, before - after)
+        fail((switch[k] >= 0) & ~(drop > p.safety_factor), 9)
+    for where, value in fit_fail:
+        fail(where, value)
     code[code == -1] = 0
 
     gain_level = _stage_medians(df, stage_of)
