@@ -29,7 +29,8 @@ from .gather import gather_run
 from .geometry import XFEL_FRAME, asic_blocks
 from .join import write_module
 from .parallel import resolve_driver
-from .preprocess import make_plan, output_path
+from .preprocess import format_record, make_plan, output_path, record_path, write_record
+from .readers.xfel import add_counts
 from .recipes.dark import DarkRecipe
 
 log = logging.getLogger("calib_mpi")
@@ -74,17 +75,32 @@ def run(cfg: Config, comm: MPI.Comm) -> dict:
     started = dt.datetime.now(dt.UTC).isoformat()
     driver = resolve_driver(cfg.io_driver, comm)
     t0 = time.monotonic()
-    plan = make_plan(comm, cfg)
+    if cfg.steps != ("preprocess",) and ("gather" not in cfg.steps
+                                         or "process" not in cfg.steps):
+        raise CalibError(f"steps = {' '.join(cfg.steps)}: gather and process run together "
+                         "(frames are streamed, not stored); include both")
+    plan, record = make_plan(comm, cfg)
+    if comm.rank == 0:
+        for note in record.get("notes", []):
+            log.warning("%s", note)
+        for m, runs in record.get("modules_missing", {}).items():
+            log.warning("module %s has no files in run(s) %s: left out (missing_modules = "
+                        "skip)", m, runs)
+    if plan is None:
+        if comm.rank == 0:
+            log.warning("nothing to do: every module has a complete result")
+        return {"record": record}
     if comm.rank == 0:
         log.info("plan: %d run(s), %d module(s), %d cells, %d rank(s), I/O driver %s",
                  len(plan.runs), len(plan.modules), plan.n_cells, comm.size, driver)
+        if "preprocess" in cfg.steps and not cfg.dry_run:
+            write_record(record, record_path(cfg))
+            log.info("preprocess record: %s", record_path(cfg))
     if cfg.dry_run or cfg.steps == ("preprocess",):
         if comm.rank == 0:
+            print(format_record(record))
             print(plan.summary())
-        return {"plan": plan}
-    if "gather" not in cfg.steps or "process" not in cfg.steps:
-        raise CalibError(f"steps = {' '.join(cfg.steps)}: gather and process run together "
-                         "(frames are streamed, not stored); include both")
+        return {"plan": plan, "record": record}
     blocks = asic_blocks(XFEL_FRAME)
     recipe = RECIPES[cfg.measurement](cfg, plan)
     recipe.start(plan.units_of(comm.rank))
@@ -92,8 +108,11 @@ def run(cfg: Config, comm: MPI.Comm) -> dict:
     for ri in range(len(plan.runs)):
         rej = gather_run(comm, plan, ri, blocks, recipe.consume, driver, cfg.chunk_frames)
         recipe.end_run(ri)
-        for k, v in rej.items():
-            rejected[(ri, k)] = rejected.get((ri, k), 0) + v
+        for (m, reason), v in rej.items():
+            rejected[(ri, m, reason)] = v
+    for d in comm.allgather(rejected):  # frames left out while reading go into the metadata
+        for (ri, m, reason), v in d.items():
+            add_counts(plan.dropped[(ri, m)], {reason: v})
     t_gather = time.monotonic() - t0
     results = recipe.finalize(comm)
     extra = recipe.module_extra(comm, results)
@@ -122,7 +141,7 @@ def run(cfg: Config, comm: MPI.Comm) -> dict:
     if comm.rank != 0:
         return {}
     return {"plan": plan, "summary": summary, "outputs": outputs, "elapsed": elapsed,
-            "t_gather": t_gather, "rejected": rejected}
+            "t_gather": t_gather}
 
 
 def print_summary(cfg: Config, info: dict) -> None:

@@ -81,6 +81,9 @@ class Config:
     steps: tuple[str, ...] = ALL_STEPS
     overwrite: bool = False
     n_cells: int = 0
+    interleaved: bool = False
+    max_train_gap: int = 1000
+    missing_modules: str = "error"
     chunk_frames: int = 256
     io_driver: str = "auto"
     offset_sigma: float = 5.0
@@ -155,6 +158,16 @@ def build_parser(default_files: list[str] | None = None) -> configargparse.ArgPa
         default=0,
         help="number of memory cells of the constants (0: max(cellId)+1 of all files)",
     )
+    g.add_argument("--interleaved", action="store_true",
+                   help="2017 XFEL mode: analog and digital as separate frames in data[:, 0] "
+                        "(even cellId analog, odd digital)")
+    g.add_argument("--max_train_gap", "--max-train-gap", type=int, default=1000,
+                   help="train IDs in small groups more than this many trains away from the "
+                        "rest of the run are bogus and left out")
+    g.add_argument("--missing_modules", "--missing-modules", choices=("error", "skip"),
+                   default="error",
+                   help="a module without files in a run: stop with an error, or leave the "
+                        "module out of the job and report it")
     g = p.add_argument_group("output")
     g.add_argument("--output_dir", "--output-dir", help="directory for the results")
     g.add_argument(
@@ -313,6 +326,9 @@ def parse_config(argv: list[str]) -> Config:
         steps=tuple(s for s in ALL_STEPS if s in steps),
         overwrite=ns.overwrite,
         n_cells=ns.n_cells,
+        interleaved=ns.interleaved,
+        max_train_gap=ns.max_train_gap,
+        missing_modules=ns.missing_modules,
         chunk_frames=ns.chunk_frames,
         io_driver=ns.io_driver,
         offset_sigma=ns.offset_sigma,

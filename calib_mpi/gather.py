@@ -22,7 +22,7 @@ from .errors import CalibError
 from .geometry import AsicBlock
 from .parallel import open_h5
 from .plan import Plan, Slab, Unit
-from .readers.xfel import FileIndex, read_frame_meta
+from .readers.xfel import CELL_RANGE, FileIndex, read_slab
 
 log = logging.getLogger(__name__)
 
@@ -75,44 +75,29 @@ class _Files:
         self.handles = {}
 
 
-def read_slab(f, info: FileIndex, slab: Slab, buf: np.ndarray, train_axis: np.ndarray,
-              n_cells: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
-    """Read one slab into ``buf`` and keep the frames of used trains and valid cells.
-
-    Returns ``(frames, cells, trains, rejected)``: frames (n, 2, 512, 128) uint16 (a view of
-    ``buf`` or a compacted copy), cells (n,) int64, trains (n,) int64 positions on
-    ``train_axis``, and counts of rejected frames by reason.
-    """
-    n = slab.n_frames
-    dset = f[f"INSTRUMENT/{info.source}/image/data"]
+def _read(f, info: FileIndex, slab: Slab, buf: np.ndarray, pair_buf: np.ndarray | None,
+          train_axis: np.ndarray, n_cells: int):
     try:
-        dset.read_direct(buf, np.s_[slab.start:slab.stop], np.s_[0:n])
-        cells, tids = read_frame_meta(f, info, slab.start, slab.stop)
+        return read_slab(f, info, slab.start, slab.stop, buf, pair_buf, train_axis, n_cells)
     except Exception as e:
         raise CalibError(f"{info.path}: reading frames {slab.start}:{slab.stop} of "
                          f"INSTRUMENT/{info.source}/image failed ({e}); truncated or corrupt "
                          "file?") from e
-    rejected = {}
-    out_of_range = cells >= n_cells
-    if out_of_range.any():
-        rejected["cell id >= n_cells (frames)"] = int(out_of_range.sum())
-        cells[out_of_range] = -1
-    keep = cells >= 0
-    trains = np.searchsorted(train_axis, tids).astype(np.int64)
-    if keep.all():
-        return buf[:n], cells, trains, rejected
-    idx = np.nonzero(keep)[0]
-    return buf[idx], cells[idx], trains[idx], rejected
 
 
 def gather_run(comm: MPI.Comm, plan: Plan, run_index: int, blocks: list[AsicBlock],
                consume: Consumer, driver: str, chunk_frames: int) -> dict:
-    """Stream one run to the ASIC owners; returns counts of rejected frames by reason."""
+    """Stream one run to the ASIC owners.
+
+    Returns this rank's counts of frames left out while reading, ``{(module, reason): n}``.
+    """
     rank, size = comm.rank, comm.size
     rounds = plan.rounds[run_index]
     max_n = max((s.n_frames for rnd in rounds for s in rnd if s is not None), default=0)
     frame_shape = (2, 512, 128)
     buf = np.empty((max(max_n, 1),) + frame_shape, np.uint16)
+    interleaved = any(fi.interleaved for m in plan.modules for fi in plan.files[(run_index, m)])
+    pair_buf = np.empty((max(max_n // 2, 1),) + frame_shape, np.uint16) if interleaved else None
     block_elems = 2 * 64 * 64
     rejected: dict[str, int] = {}
     files = _Files(plan, run_index, driver, comm)
@@ -126,10 +111,11 @@ def gather_run(comm: MPI.Comm, plan: Plan, run_index: int, blocks: list[AsicBloc
                     _injected_fault(rank, k)
                     info = plan.files[(run_index, slab.module)][slab.file_index]
                     f = files.get(slab.module, slab.file_index, info)
-                    frames, cells, trains, rej = read_slab(
-                        f, info, slab, buf, plan.train_axis[run_index], plan.n_cells)
-                    for key, v in rej.items():
-                        rejected[key] = rejected.get(key, 0) + v
+                    frames, cells, trains, beyond = _read(
+                        f, info, slab, buf, pair_buf, plan.train_axis[run_index], plan.n_cells)
+                    if beyond:
+                        key = (slab.module, CELL_RANGE)
+                        rejected[key] = rejected.get(key, 0) + beyond
                     bytes_read += slab.n_frames * buf[0].nbytes
                 except Exception as e:  # reported to every rank below
                     err = e

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .geometry import N_ASICS
-from .readers.xfel import FileIndex
+from .readers.xfel import DUP_TRAIN, ISOLATED, NON_MONOTONIC, FileIndex, add_counts
 
 #: memory-cell settings of European XFEL ("Memory cells" condition)
 CELL_SETTINGS = (4, 32, 64, 76, 128, 176, 202, 250, 352)
@@ -121,20 +121,92 @@ def assign_units(modules: tuple[int, ...], n_ranks: int) -> list[list[Unit]]:
     return [units[r * n // n_ranks : (r + 1) * n // n_ranks] for r in range(n_ranks)]
 
 
-def make_slabs(
-    run_index: int, module: int, files: list[FileIndex], chunk_frames: int
-) -> list[Slab]:
-    """Cut each file's used frame range into slabs aligned with its HDF5 chunks."""
+def make_slabs(run_index: int, module: int, files: list[FileIndex],
+               chunk_frames: int) -> list[Slab]:
+    """Cut each file's used trains into slabs of whole trains of about ``chunk_frames``.
+
+    Slabs never split a train (so interleaved analog/digital pairs stay together) and hold at
+    least one train; a slab may span unused frames between its trains, which are read and
+    dropped.
+    """
     slabs = []
     for fi, info in enumerate(files):
-        start, stop = info.frame_range
-        step = max(info.chunk_frames, chunk_frames // info.chunk_frames * info.chunk_frames)
-        a = start
-        while a < stop:
-            b = min(stop, (a // step + 1) * step)
-            slabs.append(Slab(run_index, module, fi, a, b))
-            a = b
+        order = np.argsort(info.first, kind="stable")
+        start = stop = None
+        for a, c in zip(info.first[order], info.count[order], strict=True):
+            a, b = int(a), int(a + c)
+            if start is None:
+                start, stop = a, b
+            elif max(stop, b) - start <= chunk_frames:
+                stop = max(stop, b)
+            else:
+                slabs.append(Slab(run_index, module, fi, start, stop))
+                start, stop = a, b
+        if start is not None:
+            slabs.append(Slab(run_index, module, fi, start, stop))
     return slabs
+
+
+def monotonic_mask(ids: np.ndarray) -> np.ndarray:
+    """Keep the longest increasing sequence of train IDs, as EXtra-data does.
+
+    At every step down, the side (before or after) that needs fewer IDs dropped loses them.
+    Returns a bool mask of the IDs to keep.
+    """
+    keep = np.ones(len(ids), bool)
+    while True:
+        idx = np.nonzero(keep)[0]
+        v = ids[idx]
+        down = np.nonzero(v[1:] <= v[:-1])[0]
+        if not len(down):
+            return keep
+        i = down[0] + 1
+        before = v[:i] >= v[i]
+        after = v[i:] <= v[i - 1]
+        if before.sum() <= after.sum():
+            keep[idx[:i][before]] = False
+        else:
+            keep[idx[i:][after]] = False
+
+
+def clean_module_trains(files: list[FileIndex]) -> None:
+    """Cross-file checks of one module's sequence files, in sequence order (in place):
+    train IDs repeated in a later file, and IDs out of order."""
+    if not files:
+        return
+    ids = np.concatenate([fi.train_ids for fi in files])
+    owner = np.concatenate([np.full(len(fi.train_ids), i) for i, fi in enumerate(files)])
+    _, first_seen = np.unique(ids, return_index=True)
+    dup = np.ones(len(ids), bool)
+    dup[first_seen] = False
+    out_of_order = np.zeros(len(ids), bool)
+    out_of_order[~dup] = ~monotonic_mask(ids[~dup])
+    for i, fi in enumerate(files):
+        fi.drop_trains(dup[owner == i], DUP_TRAIN)
+    for i, fi in enumerate(files):
+        mask = out_of_order[owner == i][~dup[owner == i]]
+        fi.drop_trains(mask, NON_MONOTONIC)
+
+
+def drop_isolated_trains(files: list[FileIndex], max_gap: int) -> None:
+    """Leave out train IDs in small groups far (> ``max_gap`` trains) from the run's trains.
+
+    The sorted IDs of all modules are split where consecutive IDs are more than ``max_gap``
+    apart; groups with at most 1 % of the IDs (and at most 10) are bogus jumps and dropped.
+    """
+    ids = np.unique(np.concatenate([fi.train_ids for fi in files])) if files else []
+    if len(ids) < 2:
+        return
+    cuts = np.nonzero(np.diff(ids.astype(np.int64)) > max_gap)[0] + 1
+    if not len(cuts):
+        return
+    groups = np.split(ids, cuts)
+    small = [g for g in groups if len(g) <= max(1, min(10, len(ids) // 100))]
+    if len(small) == len(groups):
+        return
+    bogus = np.concatenate(small) if small else np.zeros(0, np.uint64)
+    for fi in files:
+        fi.drop_trains(np.isin(fi.train_ids, bogus), ISOLATED)
 
 
 def assign_reads(slabs: list[Slab], owners: list[list[Unit]]) -> list[list[Slab | None]]:
@@ -167,19 +239,18 @@ def cell_setting(max_cell: int) -> int:
     return max_cell + 1
 
 
-def build_plan(
-    runs: tuple[int, ...],
-    modules: tuple[int, ...],
-    files: dict,
-    n_ranks: int,
-    chunk_frames: int,
-    n_cells: int = 0,
-) -> Plan:
+def build_plan(runs: tuple[int, ...], modules: tuple[int, ...], files: dict, n_ranks: int,
+               chunk_frames: int, n_cells: int = 0, max_train_gap: int = 1000) -> Plan:
     """Combine the scanned file metadata into a :class:`Plan`.
 
-    ``files`` maps (run_index, module) to the list of :class:`FileIndex` of its sequences.
-    ``n_cells`` 0 means ``max(cellId) + 1`` over all files of all runs.
+    ``files`` maps (run_index, module) to the list of :class:`FileIndex` of its sequences; they
+    are cleaned in place (repeated, out-of-order and isolated train IDs left out and counted).
+    ``n_cells`` 0 means ``max(cell) + 1`` over all files of all runs.
     """
+    for ri in range(len(runs)):
+        for m in modules:
+            clean_module_trains(files[(ri, m)])
+        drop_isolated_trains([fi for m in modules for fi in files[(ri, m)]], max_train_gap)
     max_cell = max((fi.max_cell for fl in files.values() for fi in fl), default=-1)
     if n_cells <= 0:
         n_cells = max_cell + 1
@@ -191,25 +262,12 @@ def build_plan(
         slabs = []
         for m in modules:
             fl = files[(ri, m)]
-            trains_used[(ri, m)] = (
-                int(len(np.unique(np.concatenate([fi.train_ids for fi in fl])))) if fl else 0
-            )
-            agg: dict[str, int] = {}
+            trains_used[(ri, m)] = sum(len(fi.train_ids) for fi in fl)
+            dropped[(ri, m)] = {}
             for fi in fl:
-                for k, v in fi.dropped.items():
-                    agg[k] = agg.get(k, 0) + v
-            dropped[(ri, m)] = agg
+                add_counts(dropped[(ri, m)], fi.dropped)
             slabs += make_slabs(ri, m, fl, chunk_frames)
         rounds[ri] = assign_reads(slabs, owners)
-    return Plan(
-        runs=tuple(runs),
-        modules=tuple(modules),
-        n_cells=n_cells,
-        n_ranks=n_ranks,
-        files=files,
-        train_axis=train_axis,
-        owners=owners,
-        rounds=rounds,
-        trains_used=trains_used,
-        dropped=dropped,
-    )
+    return Plan(runs=tuple(runs), modules=tuple(modules), n_cells=n_cells, n_ranks=n_ranks,
+                files=files, train_axis=train_axis, owners=owners, rounds=rounds,
+                trains_used=trains_used, dropped=dropped)

@@ -3,20 +3,37 @@
 Rank 0 lists the files and checks the output location; all ranks scan a share of the files
 (INDEX and per-frame train/cell IDs only, no image data); rank 0 combines the scans into the
 :class:`~calib_mpi.plan.Plan` and broadcasts it. Any problem found by any rank is raised on
-every rank with the same message.
+every rank with the same message. The plan is also written as a human-readable record,
+``<output_dir>/<measurement>/preprocess.json``: cells in use, sequences per module, the common
+train range, lost trains per module and every train or frame left out, with the reason.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import json
+import logging
+import os
 from pathlib import Path
 
+import h5py
+import numpy as np
 from mpi4py import MPI
 
+from . import __version__
 from .config import Config
 from .errors import CalibError, DataError, OutputError
+from .join import tmp_name
 from .parallel import agree
 from .plan import Plan, build_plan
 from .readers.xfel import module_files, scan_file
+
+log = logging.getLogger(__name__)
+
+#: configuration keys that do not change the constants (ignored when resuming)
+NON_SCIENCE_KEYS = {"overwrite", "dry_run", "verbose", "quiet", "steps", "io_driver",
+                    "chunk_frames", "config_file", "extra", "modules", "output_dir",
+                    "missing_modules"}
 
 
 def output_path(cfg: Config, module: int) -> Path:
@@ -25,77 +42,232 @@ def output_path(cfg: Config, module: int) -> Path:
     return cfg.output_dir / m / f"{m}_AGIPD{module:02d}_{cfg.facility}.h5"
 
 
-def list_files(cfg: Config) -> dict[tuple[int, int], list[Path]]:
-    """(run_index, module) -> sequence files; raises :class:`DataError` naming what is missing."""
+def record_path(cfg: Config) -> Path:
+    """Where the preprocess record is written."""
+    return cfg.output_dir / cfg.measurement / "preprocess.json"
+
+
+def list_files(cfg: Config, modules: tuple[int, ...]
+               ) -> tuple[dict[tuple[int, int], list[Path]], dict[int, list[int]]]:
+    """(run_index, module) -> sequence files, and the modules missing from some run.
+
+    A module without files in a run is an error naming run, module and directory, unless
+    ``missing_modules = skip``: then it is left out of the job (returned as missing).
+    """
     if not cfg.input_dir.is_dir():
         raise DataError(f"input_dir {cfg.input_dir} does not exist or is not a directory")
-    out = {}
+    out: dict[tuple[int, int], list[Path]] = {}
+    missing: dict[int, list[int]] = {}
     for ri, run in enumerate(cfg.runs):
         run_dir = cfg.input_dir / cfg.run_dir_pattern.format(run=run)
         if not run_dir.is_dir():
             raise DataError(f"run {run}: directory {run_dir} does not exist "
                             f"(input_dir = {cfg.input_dir}, runs = {list(cfg.runs)})")
-        for m in cfg.modules:
+        for m in modules:
             files = module_files(run_dir, cfg.file_pattern, run, m)
             if not files:
+                if cfg.missing_modules == "skip":
+                    missing.setdefault(m, []).append(run)
+                    continue
                 example = cfg.file_pattern.format(run=run, module=m, seq=0)
                 raise DataError(f"run {run}, module {m}: no raw files like {example} in "
-                                f"{run_dir}; is module {m} part of this run?")
+                                f"{run_dir}; is module {m} part of this run? (set "
+                                "missing_modules = skip to leave such modules out)")
             out[(ri, m)] = files
+    out = {k: v for k, v in out.items() if k[1] not in missing}
+    return out, missing
+
+
+def _file_stats(paths: list[Path]) -> list[dict]:
+    out = []
+    for p in paths:
+        st = os.stat(p)
+        out.append({"path": str(p), "size": st.st_size,
+                    "mtime": dt.datetime.fromtimestamp(st.st_mtime, dt.UTC).isoformat()})
     return out
 
 
-def check_outputs(cfg: Config) -> None:
-    """Refuse to replace existing results unless ``overwrite`` is set."""
-    if cfg.overwrite:
-        return
-    existing = [output_path(cfg, m) for m in cfg.modules if output_path(cfg, m).exists()]
-    if existing:
+def _science(cfg_dict: dict) -> dict:
+    return {k: v for k, v in cfg_dict.items() if k not in NON_SCIENCE_KEYS}
+
+
+def check_outputs(cfg: Config, listing: dict) -> tuple[list[int], list[str]]:
+    """Decide per module: compute, resume (skip a complete identical result) or refuse.
+
+    Returns the modules to compute and notes for the user. A complete result made with the
+    same configuration and the same input files (paths, sizes, modification times) is kept
+    and the module skipped; a different existing result is an :class:`OutputError` unless
+    ``overwrite`` is set. A ``.tmp`` file left by an interrupted run is discarded.
+    """
+    todo, notes = [], []
+    wanted = _science(json.loads(json.dumps(cfg.as_dict(), default=str)))
+    for m in sorted({m for (_, m) in listing}):
+        final = output_path(cfg, m)
+        if tmp_name(final).exists():
+            notes.append(f"module {m}: {tmp_name(final)} is left from an interrupted run; "
+                         "computing this module from the start")
+        if not final.exists():
+            todo.append(m)
+            continue
+        if cfg.overwrite:
+            notes.append(f"module {m}: replacing {final} (overwrite)")
+            todo.append(m)
+            continue
+        inputs = _file_stats([p for (_, mm), ps in sorted(listing.items()) if mm == m
+                              for p in ps])
+        try:
+            with h5py.File(final, "r") as f:
+                old_cfg = _science(json.loads(f.attrs["config"]))
+                old_inputs = json.loads(f.attrs["input_files"])
+        except Exception as e:
+            raise OutputError(f"{final} exists but cannot be read as a calib-mpi result ({e}); "
+                              "move it away or set overwrite = true") from e
+        diff = sorted(k for k in set(old_cfg) | set(wanted) if old_cfg.get(k) != wanted.get(k))
+        if not diff and old_inputs == inputs:
+            notes.append(f"module {m}: {final} is complete and was made with the same "
+                         "configuration and inputs; skipping it (resume)")
+            continue
+        what = f"settings {', '.join(diff)}" if diff else "input files"
         raise OutputError(
-            f"results exist already: {', '.join(str(p) for p in existing)}; "
-            "set overwrite = true (or --overwrite) to replace them, or choose another output_dir"
+            f"results exist already: {final} was made with different {what}; set overwrite = "
+            "true (or --overwrite) to replace it, or choose another output_dir"
         )
+    return todo, notes
 
 
-def make_plan(comm: MPI.Comm, cfg: Config) -> Plan:
-    """Collective: scan the input files and return the same plan on every rank."""
-    listing, err = None, None
+def _ranges(xs) -> str:
+    xs = sorted(int(x) for x in xs)
+    out, i = [], 0
+    while i < len(xs):
+        j = i
+        while j + 1 < len(xs) and xs[j + 1] == xs[j] + 1:
+            j += 1
+        out.append(f"{xs[i]}" if i == j else f"{xs[i]}-{xs[j]}")
+        i = j + 1
+    return ",".join(out)
+
+
+def plan_record(plan: Plan, cfg: Config, missing: dict, notes: list[str]) -> dict:
+    """The preprocess record: what was found in the files and what was left out, and why."""
+    rec: dict = {"calib_mpi_version": __version__,
+                 "created": dt.datetime.now(dt.UTC).isoformat(),
+                 "input_dir": str(cfg.input_dir), "n_cells": plan.n_cells,
+                 "modules": list(plan.modules),
+                 "modules_missing": {str(m): runs for m, runs in missing.items()},
+                 "notes": notes, "runs": []}
+    for ri, run in enumerate(plan.runs):
+        axis = plan.train_axis[ri]
+        present = np.zeros(352, bool)
+        mods = {}
+        firsts, lasts = [], []
+        for m in plan.modules:
+            fl = plan.files[(ri, m)]
+            ids = np.sort(np.concatenate([fi.train_ids for fi in fl]))
+            for fi in fl:
+                present |= fi.cells_present
+            lost = np.setdiff1d(axis, ids)
+            rejected: dict[str, list[int]] = {}
+            for fi in fl:
+                for k, v in fi.rejected_ids.items():
+                    rejected.setdefault(k, []).extend(v)
+            if len(ids):
+                firsts.append(int(ids[0]))
+                lasts.append(int(ids[-1]))
+            mods[str(m)] = {
+                "sequences": len(fl),
+                "files": [Path(fi.path).name for fi in fl],
+                "trains_with_data": int(len(ids)),
+                "first_train": int(ids[0]) if len(ids) else None,
+                "last_train": int(ids[-1]) if len(ids) else None,
+                "lost_trains": {"count": int(len(lost)), "ids": _ranges(lost[:1000])},
+                "left_out": plan.dropped[(ri, m)],
+                "left_out_train_ids": {k: _ranges(v[:1000]) for k, v in rejected.items()},
+            }
+        rec["runs"].append({
+            "run": run,
+            "cells_in_use": _ranges(np.nonzero(present)[0]),
+            "trains": {"count": int(len(axis)),
+                       "first": int(axis[0]) if len(axis) else None,
+                       "last": int(axis[-1]) if len(axis) else None},
+            "common_train_range": [max(firsts), min(lasts)] if firsts else None,
+            "modules": mods,
+        })
+    return rec
+
+
+def make_plan(comm: MPI.Comm, cfg: Config) -> tuple[Plan | None, dict]:
+    """Collective: scan the input files; returns the same plan and record on every rank.
+
+    The plan is None when every module already has a complete identical result (resume).
+    """
+    listing, missing, todo, notes, err = None, None, None, None, None
     if comm.rank == 0:
         try:
-            check_outputs(cfg)
-            listing = list_files(cfg)
+            listing, missing = list_files(cfg, cfg.modules)
+            todo, notes = check_outputs(cfg, listing)
         except CalibError as e:
             err = e
     err = comm.bcast(err, root=0)
     if err is not None:
         raise err
-    listing = comm.bcast(listing, root=0)
+    listing, missing, todo, notes = comm.bcast((listing, missing, todo, notes), root=0)
+    if not todo:
+        return None, {"notes": notes, "modules_missing": missing}
+    listing = {k: v for k, v in listing.items() if k[1] in todo}
     jobs = [(key, i, p) for key, paths in sorted(listing.items()) for i, p in enumerate(paths)]
     mine, err = {}, None
     try:
         for j in range(comm.rank, len(jobs), comm.size):
             (ri, m), i, p = jobs[j]
             source = cfg.source_pattern.format(detector=cfg.detector, module=m)
-            mine[((ri, m), i)] = scan_file(p, source, cfg.runs[ri], m)
+            mine[((ri, m), i)] = scan_file(p, source, cfg.runs[ri], m, cfg.interleaved)
     except Exception as e:
         err = e
     agree(comm, err)
     scans = comm.gather(mine, root=0)
-    plan, err = None, None
+    plan, record, err = None, None, None
     if comm.rank == 0:
         try:
             merged = {k: v for d in scans for k, v in d.items()}
             files = {key: [merged[(key, i)] for i in range(len(paths))]
                      for key, paths in listing.items()}
-            plan = build_plan(cfg.runs, cfg.modules, files, comm.size, cfg.chunk_frames,
-                              cfg.n_cells)
+            plan = build_plan(cfg.runs, tuple(todo), files, comm.size, cfg.chunk_frames,
+                              cfg.n_cells, cfg.max_train_gap)
             for (ri, m), fl in files.items():
                 if not any(len(fi.train_ids) for fi in fl):
-                    raise DataError(f"run {cfg.runs[ri]}, module {m}: no train with data in "
+                    raise DataError(f"run {cfg.runs[ri]}, module {m}: no usable train in "
                                     f"{len(fl)} file(s) ({fl[0].path} ...)")
+            record = plan_record(plan, cfg, missing, notes)
         except CalibError as e:
             err = e
     err = comm.bcast(err, root=0)
     if err is not None:
         raise err
-    return comm.bcast(plan, root=0)
+    return comm.bcast((plan, record), root=0)
+
+
+def write_record(record: dict, path: Path) -> None:
+    """Write the preprocess record atomically (rank 0)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(record, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def format_record(record: dict) -> str:
+    """Short text rendition of a preprocess record."""
+    lines = [f"cells: {record['n_cells']}   modules: {record['modules']}"]
+    for m, runs in record.get("modules_missing", {}).items():
+        lines.append(f"module {m}: no files in run(s) {runs}; left out")
+    for r in record["runs"]:
+        t = r["trains"]
+        lines.append(f"run {r['run']}: {t['count']} trains ({t['first']}..{t['last']}), "
+                     f"common to all modules {r['common_train_range']}, cells in use "
+                     f"{r['cells_in_use']}")
+        for m, d in r["modules"].items():
+            extra = f"; left out: {d['left_out']}" if d["left_out"] else ""
+            lines.append(f"  module {int(m):2d}: {d['sequences']} sequences, "
+                         f"{d['trains_with_data']} trains, {d['lost_trains']['count']} lost"
+                         f"{extra}")
+    lines += record.get("notes", [])
+    return "\n".join(lines)

@@ -97,20 +97,47 @@ def test_wrong_detector_source(dark_set, tmp_path):
     _no_results(out)
 
 
-def test_existing_output_is_not_overwritten(dark_set, tmp_path):
+def test_existing_output_is_never_silently_replaced(dark_set, tmp_path):
     r, out = _run(dark_set, tmp_path, n=1)
     assert r.returncode == 0, r.output
     target = out / "dark" / "dark_AGIPD00_xfel.h5"
     before = target.stat().st_mtime_ns
+    # same configuration and inputs: the complete result is kept, the module skipped
     r, _ = _run(dark_set, tmp_path, n=2)
+    assert r.returncode == 0, r.output
+    assert "skipping it (resume)" in r.stderr and "nothing to do" in r.stderr
+    assert target.stat().st_mtime_ns == before
+    # different settings: refused, naming the file, the setting and the way out
+    r, _ = _run(dark_set, tmp_path, n=2, args=["--offset_sigma", "4"])
     assert r.returncode != 0
     assert "results exist already" in r.stderr and str(target) in r.stderr
-    assert "overwrite" in r.stderr
+    assert "offset_sigma" in r.stderr and "overwrite" in r.stderr
     assert target.stat().st_mtime_ns == before
-    r, _ = _run(dark_set, tmp_path, n=2, args=["--overwrite"])
+    r, _ = _run(dark_set, tmp_path, n=2, args=["--offset_sigma", "4", "--overwrite"])
     assert r.returncode == 0, r.output
     assert target.stat().st_mtime_ns != before
     assert not list(out.rglob("*.tmp"))
+
+
+def test_rerun_after_a_crash_resumes(dark_set, tmp_path):
+    """Module 0 complete, module 1 interrupted (only its .tmp exists): the rerun keeps module
+    0, recomputes module 1 and says so."""
+    r, out = _run(dark_set, tmp_path, n=2)
+    assert r.returncode == 0, r.output
+    done = out / "dark" / "dark_AGIPD00_xfel.h5"
+    crashed = out / "dark" / "dark_AGIPD01_xfel.h5"
+    reference = crashed.read_bytes()
+    crashed.rename(crashed.with_name(crashed.name + ".tmp"))
+    before = done.stat().st_mtime_ns
+    r, _ = _run(dark_set, tmp_path, n=3)
+    assert r.returncode == 0, r.output
+    assert "module 0" in r.stderr and "skipping it (resume)" in r.stderr
+    assert "left from an interrupted run" in r.stderr
+    assert done.stat().st_mtime_ns == before
+    assert crashed.exists() and not crashed.with_name(crashed.name + ".tmp").exists()
+    with h5py.File(crashed) as f, h5py.File(__import__("io").BytesIO(reference)) as g:
+        for k in ("offset", "noise", "bad_pixels"):
+            assert np.array_equal(f[k][()], g[k][()], equal_nan=True)
 
 
 def test_read_failure_on_one_rank_mid_gather(dark_set, tmp_path):

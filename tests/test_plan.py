@@ -18,7 +18,9 @@ def _file(n_frames, chunk=16, first_train=0, n_trains=None):
     n_trains = n_trains or n_frames // 4
     return FileIndex(path=f"f{first_train}", source="s", n_frames=n_frames, chunk_frames=chunk,
                      train_ids=np.arange(first_train, first_train + n_trains, dtype=np.uint64) + 1,
-                     first=np.arange(n_trains) * 4, count=np.full(n_trains, 4), max_cell=3)
+                     first=np.arange(n_trains) * 4, count=np.full(n_trains, 4),
+                     bad_frames=np.zeros(0, np.int64), train_max_cell=np.full(n_trains, 3),
+                     cells_present=np.arange(352) < 4)
 
 
 @pytest.mark.parametrize("n_ranks", [1, 2, 3, 4, 5, 16, 17, 40])
@@ -31,16 +33,20 @@ def test_every_asic_owned_exactly_once(n_ranks, modules):
     assert max(sizes) - min(sizes) <= 1
 
 
-def test_slabs_cover_frames_once_and_align_with_chunks():
-    files = [_file(100, chunk=16), _file(37, chunk=8, first_train=25)]
+def test_slabs_cover_frames_once_in_whole_trains():
+    files = [_file(100, chunk=16), _file(36, chunk=8, first_train=25)]
     slabs = make_slabs(0, 3, files, chunk_frames=40)
     for fi, info in enumerate(files):
         mine = [s for s in slabs if s.file_index == fi]
         covered = np.concatenate([np.arange(s.start, s.stop) for s in mine])
         assert np.array_equal(covered, np.arange(*info.frame_range))
-        step = max(info.chunk_frames, 40 // info.chunk_frames * info.chunk_frames)
-        assert all(s.stop % step == 0 or s.stop == info.frame_range[1] for s in mine)
-        assert all(s.n_frames <= step for s in mine)
+        starts = set(info.first.tolist())
+        assert all(s.start in starts for s in mine)  # never split a train
+        assert all(s.n_frames <= 40 for s in mine)
+    # a train longer than chunk_frames still makes one slab
+    big = _file(12, n_trains=1)
+    big.count[:] = 12
+    assert [(s.start, s.stop) for s in make_slabs(0, 0, [big], 5)] == [(0, 12)]
 
 
 @pytest.mark.parametrize("n_ranks", [1, 2, 3, 4, 7])

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from calib_mpi.errors import DataError
-from calib_mpi.readers.xfel import module_files, read_frame_meta, scan_file
+from calib_mpi.readers.xfel import TID_MISMATCH, module_files, read_slab, scan_file
 from calib_mpi.synthetic.xfel import DarkRunSet, write_dark_runs
 
 SRC = "SPB_DET_AGIPD1M-1/DET/{}CH0:xtdf"
@@ -50,11 +50,20 @@ def test_scan_counts_trains_and_places_frames(small_set):
     assert sum(i.dropped.get("no frames in this module (trains)", 0) for i in infos) == 1
     assert all(i.max_cell == 2 for i in infos)
     info = infos[0]
+    axis = np.unique(np.concatenate([i.train_ids for i in infos]))
+    buf = np.empty((64, 2, 512, 128), np.uint16)
     with h5py.File(info.path) as f:
         start, stop = info.frame_range
-        cells, tids = read_frame_meta(f, info, start, stop + 2)  # includes 2 padding rows
-    assert cells[:stop - start].tolist() == [0, 1, 2] * ((stop - start) // 3)
-    assert (cells[stop - start:] == -1).all()
+        frames, cells, trains, beyond = read_slab(f, info, start, stop + 2, buf, None, axis, 3)
+        raw = f[f"INSTRUMENT/{SRC.format(1)}/image/data"][start:stop]
+    # the 2 padding rows belong to no train and are left out
+    assert cells.tolist() == [0, 1, 2] * ((stop - start) // 3)
+    assert np.array_equal(frames, raw)
+    assert trains.tolist() == np.repeat(np.arange(len(info.train_ids)), 3).tolist()
+    assert beyond == 0
+    with h5py.File(info.path) as f:
+        _, cells, _, beyond = read_slab(f, info, start, stop, buf, None, axis, 2)
+    assert cells.tolist() == [0, 1] * ((stop - start) // 3) and beyond == (stop - start) // 3
 
 
 def test_frame_train_mismatch_is_dropped(small_set, tmp_path):
@@ -65,10 +74,11 @@ def test_frame_train_mismatch_is_dropped(small_set, tmp_path):
     with h5py.File(f2, "r+") as f:
         f[f"INSTRUMENT/{SRC.format(0)}/image/trainId"][4] = 7
     info = scan_file(f2, SRC.format(0), 9001, 0)
-    assert info.dropped["frame trainId differs from INDEX (frames)"] == 1
+    assert info.dropped[TID_MISMATCH] == 1
+    buf = np.empty((6, 2, 512, 128), np.uint16)
     with h5py.File(f2) as f:
-        cells, _ = read_frame_meta(f, info, 0, 6)
-    assert cells.tolist() == [0, 1, 2, 0, -1, 2]
+        _, cells, trains, _ = read_slab(f, info, 0, 6, buf, None, info.train_ids, 3)
+    assert cells.tolist() == [0, 1, 2, 0, 2] and trains.tolist() == [0, 0, 0, 1, 1]
 
 
 def test_missing_source_names_what_is_there(small_set):

@@ -1,9 +1,11 @@
 """European XFEL raw AGIPD runs: file discovery, INDEX reading and frame placement.
 
 One :class:`FileIndex` describes one sequence file of one module (metadata only, small and
-picklable, so rank 0 can broadcast it). Both INDEX forms are read here and nowhere else:
-``first``/``count`` (file format >= 0.5) and the old ``first``/``last``/``status``.
-See ``shared/spec/formats.md`` section 1.
+picklable, so rank 0 can broadcast it). File-format differences are handled here and nowhere
+else: both INDEX forms (``first``/``count`` and the old ``first``/``last``/``status``), the
+meaning of ``INDEX/flag`` per format version, and the 2017 interleaved mode in which analog
+and digital arrive as separate frames in ``data[:, 0]`` (even cellId analog, odd digital).
+Every train or frame left out is counted with its reason. See ``shared/spec/formats.md`` 1.
 """
 
 from __future__ import annotations
@@ -18,6 +20,29 @@ import numpy as np
 from ..errors import DataError
 
 FRAME_SHAPE = (2, 512, 128)
+#: AGIPD has at most 352 memory cells; larger cellIds are corrupt
+MAX_CELLS = 352
+
+# reasons, used as keys of the ``dropped`` counters (units in brackets)
+ZERO_ID = "train id 0 (trains)"
+NO_FRAMES = "no frames in this module (trains)"
+UNSAFE = "train id not from the time server, INDEX/flag (trains)"
+DUP_TRAIN = "duplicate train id (trains)"
+NON_MONOTONIC = "train id out of order (trains)"
+ISOLATED = "train id far from the run's trains (trains)"
+TID_MISMATCH = "frame trainId differs from INDEX (frames)"
+BAD_CELL = f"cellId beyond {MAX_CELLS} cells (frames)"
+DUP_CELL = "cellId repeated within a train (frames)"
+CELL_RANGE = "cellId >= n_cells (frames)"
+NO_PAIR = "analog or digital frame missing, interleaved mode (frames)"
+
+
+def add_counts(into: dict, more: dict) -> dict:
+    """Add the counters of ``more`` to ``into`` (in place) and return it."""
+    for k, v in more.items():
+        if v:
+            into[k] = into.get(k, 0) + int(v)
+    return into
 
 
 @dataclass
@@ -30,10 +55,15 @@ class FileIndex:
     source : the detector source name inside the file.
     n_frames : length of ``image/data`` (may include trailing unused rows).
     chunk_frames : HDF5 chunk length of ``image/data`` along the frame axis (1 if contiguous).
-    train_ids : (n_trains,) uint64, train ID of each used INDEX entry (valid ID, count > 0).
-    first, count : (n_trains,) int64, frame range ``first:first+count`` of each train.
-    max_cell : largest ``cellId`` among the frames of the used trains (-1 if none).
-    dropped : reasons -> number of trains or frames left out, e.g. ``{"zero train id": 2}``.
+    train_ids : (n_trains,) uint64, train ID of each used train.
+    first, count : (n_trains,) int64, frame range ``first:first+count`` of each used train.
+    bad_frames : sorted frame indices inside used trains that must not be used.
+    train_max_cell : (n_trains,) largest cell with a good frame in each used train (-1: none);
+        cells are cellId, or cellId // 2 in interleaved mode.
+    cells_present : (352,) bool, cells with good frames in the file.
+    interleaved : 2017 mode, analog and digital as separate frames.
+    dropped : reason -> number of trains or frames left out.
+    rejected_ids : reason -> train IDs left out for that reason (for the preprocess record).
     """
 
     path: str
@@ -43,8 +73,17 @@ class FileIndex:
     train_ids: np.ndarray
     first: np.ndarray
     count: np.ndarray
-    max_cell: int
+    bad_frames: np.ndarray
+    train_max_cell: np.ndarray
+    cells_present: np.ndarray
+    interleaved: bool = False
     dropped: dict = field(default_factory=dict)
+    rejected_ids: dict = field(default_factory=dict)
+
+    @property
+    def max_cell(self) -> int:
+        """Largest cell with good frames in the used trains (-1 if none)."""
+        return int(self.train_max_cell.max()) if len(self.train_max_cell) else -1
 
     @property
     def frame_range(self) -> tuple[int, int]:
@@ -53,13 +92,24 @@ class FileIndex:
             return 0, 0
         return int(self.first.min()), int((self.first + self.count).max())
 
+    def drop_trains(self, drop: np.ndarray, reason: str) -> None:
+        """Leave out the trains where ``drop`` (bool, per used train) is set, counting them."""
+        if not drop.any():
+            return
+        self.dropped[reason] = self.dropped.get(reason, 0) + int(drop.sum())
+        self.rejected_ids.setdefault(reason, []).extend(int(t) for t in self.train_ids[drop])
+        keep = ~drop
+        self.train_ids, self.first, self.count = (self.train_ids[keep], self.first[keep],
+                                                  self.count[keep])
+        self.train_max_cell = self.train_max_cell[keep]
+
     def frame_train_index(self, start: int, stop: int) -> np.ndarray:
         """For frames ``start:stop``, the index into ``train_ids`` of their train, -1 if none."""
         out = np.full(stop - start, -1, dtype=np.int64)
         for i in np.nonzero((self.first < stop) & (self.first + self.count > start))[0]:
             a = max(int(self.first[i]), start)
             b = min(int(self.first[i] + self.count[i]), stop)
-            out[a - start : b - start] = i
+            out[a - start:b - start] = i
         return out
 
 
@@ -96,12 +146,67 @@ def _read(f: h5py.File, path: str, where: str) -> np.ndarray:
         raise DataError(f"{where}: dataset {path} cannot be read ({e})") from e
 
 
-def scan_file(path: Path, source: str, run: int, module: int) -> FileIndex:
+def format_version(f: h5py.File) -> tuple[int, int]:
+    """File format version ``(major, minor)``; files without ``METADATA/dataFormatVersion``
+    are reported as (0, 5)."""
+    if "METADATA/dataFormatVersion" not in f:
+        return (0, 5)
+    raw = f["METADATA/dataFormatVersion"][()]
+    raw = raw[0] if getattr(raw, "ndim", 0) else raw
+    text = raw.decode() if isinstance(raw, bytes) else str(raw)
+    try:
+        major, minor = (int(x) for x in text.strip().split(".")[:2])
+    except ValueError:
+        return (0, 5)
+    return major, minor
+
+
+def safe_train_flags(f: h5py.File, n: int) -> np.ndarray:
+    """Per INDEX entry: True where the train ID is trustworthy per ``INDEX/flag``.
+
+    Format 1.0 and >= 1.2: flag 1 = train ID from the time server (safe); format 1.1: the flag
+    is a source index and 0 = time server; older formats have no flag (all trusted).
+    """
+    if "INDEX/flag" not in f:
+        return np.ones(n, bool)
+    flag = f["INDEX/flag"][()].ravel()
+    if len(flag) != n:
+        return np.ones(n, bool)
+    return flag == 0 if format_version(f) == (1, 1) else flag == 1
+
+
+def _frame_checks(ids, first, count, frame_tid, cell_id, interleaved
+                  ) -> tuple[np.ndarray, dict]:
+    """Per-frame checks inside the used trains; returns bad frame indices and counts."""
+    if not len(ids):
+        return np.zeros(0, np.int64), {}
+    sel = np.concatenate([np.arange(a, a + c) for a, c in zip(first, count, strict=True)])
+    train = np.repeat(np.arange(len(ids)), count)
+    cells = cell_id[sel]
+    mismatch = frame_tid[sel] != np.repeat(ids, count)
+    limit = 2 * MAX_CELLS if interleaved else MAX_CELLS
+    beyond = (cells >= limit) & ~mismatch
+    ok = ~(mismatch | beyond)
+    key = train * limit + np.where(ok, cells, 0)
+    # a repeated (train, cell): keep the first occurrence
+    _, first_of = np.unique(np.where(ok, key, -1 - np.arange(len(key))), return_index=True)
+    is_first = np.zeros(len(key), bool)
+    is_first[first_of] = True
+    dup = ok & ~is_first
+    bad = mismatch | beyond | dup
+    counts = {TID_MISMATCH: int(mismatch.sum()), BAD_CELL: int(beyond.sum()),
+              DUP_CELL: int(dup.sum())}
+    return sel[bad], counts
+
+
+def scan_file(path: Path, source: str, run: int, module: int,
+              interleaved: bool = False) -> FileIndex:
     """Read the INDEX and per-frame bookkeeping of one raw file (no image data).
 
-    Checks the image data shape ``(n, 2, 512, 128)`` uint16, the INDEX ranges, and the
-    per-frame ``image/trainId`` against ``INDEX/trainId``; trains with ID 0 or no frames are
-    left out and counted in ``dropped``.
+    Checks the image data shape ``(n, 2, 512, 128)`` uint16 and the INDEX ranges; leaves out,
+    and counts, trains with ID 0, no frames, an untrusted ID (``INDEX/flag``) or an ID seen
+    before in the file, and frames whose own trainId differs from the INDEX, whose cellId is
+    impossible, or whose cellId repeats within the train.
     """
     where = f"run {run}, module {module}, file {path}"
     try:
@@ -154,14 +259,23 @@ def scan_file(path: Path, source: str, run: int, module: int) -> FileIndex:
                 f"{where}: INDEX lengths differ (trainId {len(ids)}, first {len(first)}, "
                 f"count {len(count)})"
             )
+        safe = safe_train_flags(f, len(ids))
         dropped: dict[str, int] = {}
+        rejected: dict[str, list[int]] = {}
         zero = ids == 0
         empty = (count <= 0) & ~zero
-        if zero.any():
-            dropped["zero train id (trains)"] = int(zero.sum())
-        if empty.any():
-            dropped["no frames in this module (trains)"] = int(empty.sum())
-        use = ~zero & (count > 0)
+        unsafe = ~safe & ~zero & ~empty
+        _, first_seen = np.unique(ids, return_index=True)
+        dup = np.ones(len(ids), bool)
+        dup[first_seen] = False
+        dup &= ~zero & ~empty & ~unsafe
+        for mask, reason in ((zero, ZERO_ID), (empty, NO_FRAMES), (unsafe, UNSAFE),
+                             (dup, DUP_TRAIN)):
+            if mask.any():
+                dropped[reason] = int(mask.sum())
+                if reason != ZERO_ID:
+                    rejected[reason] = [int(t) for t in ids[mask]]
+        use = ~(zero | empty | unsafe | dup)
         ids, first, count = ids[use], first[use], count[use]
         if np.any(first < 0) or np.any(first + count > n_frames):
             raise DataError(
@@ -174,40 +288,95 @@ def scan_file(path: Path, source: str, run: int, module: int) -> FileIndex:
             raise DataError(
                 f"{where}: {img}/trainId or cellId is shorter than {img}/data ({n_frames})"
             )
-        max_cell = -1
-        if len(ids):
-            frame_train = np.repeat(ids, count)
-            sel = np.concatenate([np.arange(a, a + c) for a, c in zip(first, count, strict=False)])
-            mismatch = frame_tid[sel] != frame_train
-            if mismatch.any():
-                dropped["frame trainId differs from INDEX (frames)"] = int(mismatch.sum())
-            max_cell = int(cell_id[sel][~mismatch].max()) if (~mismatch).any() else -1
-    return FileIndex(
-        path=str(path),
-        source=source,
-        n_frames=n_frames,
-        chunk_frames=int(chunk),
-        train_ids=ids,
-        first=first,
-        count=count,
-        max_cell=max_cell,
-        dropped=dropped,
-    )
+    bad, counts = _frame_checks(ids, first, count, frame_tid, cell_id, interleaved)
+    add_counts(dropped, counts)
+    train_max, present = _cell_summary(ids, first, count, bad, cell_id, interleaved)
+    if interleaved:
+        add_counts(dropped, {NO_PAIR: _unpaired(first, count, bad, cell_id)})
+    return FileIndex(path=str(path), source=source, n_frames=n_frames, chunk_frames=int(chunk),
+                     train_ids=ids, first=first, count=count, bad_frames=bad,
+                     train_max_cell=train_max, cells_present=present, interleaved=interleaved,
+                     dropped=dropped, rejected_ids=rejected)
 
 
-def read_frame_meta(
-    f: h5py.File, info: FileIndex, start: int, stop: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Cell ID and train ID of frames ``start:stop``; frames of unused trains get cell -1.
+def _good_frames(first, count, bad) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the good frames of the used trains and the train index of each."""
+    if not len(first):
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    sel = np.concatenate([np.arange(a, a + c) for a, c in zip(first, count, strict=True)])
+    train = np.repeat(np.arange(len(first)), count)
+    ok = ~np.isin(sel, bad)
+    return sel[ok], train[ok]
 
-    Frames whose own ``image/trainId`` differs from the INDEX train are also given cell -1.
-    Returns ``(cells, train_ids)``, both (stop - start,) int64 / uint64.
+
+def _cell_summary(ids, first, count, bad, cell_id, interleaved):
+    """Per used train the largest good cell, and which cells have good frames."""
+    frames, train = _good_frames(first, count, bad)
+    cells = cell_id[frames]
+    if interleaved:
+        keep = cells % 2 == 0
+        cells, train = cells[keep] // 2, train[keep]
+    train_max = np.full(len(ids), -1, np.int64)
+    np.maximum.at(train_max, train, cells)
+    present = np.zeros(MAX_CELLS, bool)
+    present[cells[cells < MAX_CELLS]] = True
+    return train_max, present
+
+
+def _unpaired(first, count, bad, cell_id) -> int:
+    """Interleaved mode: good frames whose analog/digital partner is missing."""
+    frames, train = _good_frames(first, count, bad)
+    key = train * 2 * MAX_CELLS + cell_id[frames]
+    return int((~np.isin(key ^ 1, key)).sum())
+
+
+def read_slab(f: h5py.File, info: FileIndex, start: int, stop: int, buf: np.ndarray,
+              pair_buf: np.ndarray | None, train_axis: np.ndarray, n_cells: int
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Read frames ``start:stop`` and return the usable ones with their cell and train.
+
+    Returns ``(frames, cells, trains, n_beyond)``: frames (n, 2, 512, 128) uint16
+    analog/digital (a view of ``buf``, of ``pair_buf`` in interleaved mode, or a compacted
+    copy), cells (n,) int64, trains (n,) int64 positions on ``train_axis``, and the number of
+    good frames left out because their cell is ``>= n_cells``. Frames of unused trains and bad
+    frames are left out silently (they were counted when the file was scanned).
     """
+    n = stop - start
     img = f"INSTRUMENT/{info.source}/image"
-    cells = f[f"{img}/cellId"][start:stop].astype(np.int64).ravel()
-    tids = f[f"{img}/trainId"][start:stop].astype(np.uint64).ravel()
+    dset = f[f"{img}/data"]
+    if info.interleaved:
+        dset.read_direct(buf, np.s_[start:stop, 0:1], np.s_[0:n, 0:1])
+    else:
+        dset.read_direct(buf, np.s_[start:stop], np.s_[0:n])
+    cell_ids = f[f"{img}/cellId"][start:stop].astype(np.int64).ravel()
     tix = info.frame_train_index(start, stop)
-    expected = np.where(tix >= 0, info.train_ids[np.maximum(tix, 0)], 0)
-    bad = (tix < 0) | (tids != expected)
-    cells[bad] = -1
-    return cells, expected
+    ok = tix >= 0
+    bad = info.bad_frames[(info.bad_frames >= start) & (info.bad_frames < stop)] - start
+    ok[bad] = False
+    trains = np.searchsorted(train_axis, info.train_ids[np.maximum(tix, 0)]).astype(np.int64)
+    if info.interleaved:
+        return _pair_frames(buf, ok, cell_ids, tix, trains, pair_buf, n_cells)
+    beyond = ok & (cell_ids >= n_cells)
+    ok &= ~beyond
+    if ok.all():
+        return buf[:n], cell_ids, trains, 0
+    idx = np.nonzero(ok)[0]
+    return buf[idx], cell_ids[idx], trains[idx], int(beyond.sum())
+
+
+def _pair_frames(buf, ok, cell_ids, tix, trains, pair_buf, n_cells):
+    """Interleaved mode: combine analog (even cellId) and digital (odd) frames of one cell."""
+    key = tix * 2 * MAX_CELLS + cell_ids
+    good = np.nonzero(ok)[0]
+    order = good[np.argsort(key[good], kind="stable")]
+    skeys = key[order]
+    analog = good[cell_ids[good] % 2 == 0]
+    pos = np.searchsorted(skeys, key[analog] + 1)
+    has = (pos < len(skeys)) & (skeys[np.minimum(pos, len(skeys) - 1)] == key[analog] + 1)
+    analog, digital = analog[has], order[pos[has]]
+    beyond = cell_ids[analog] // 2 >= n_cells
+    analog, digital = analog[~beyond], digital[~beyond]
+    out = pair_buf[:len(analog)]
+    out[:, 0] = buf[analog, 0]
+    out[:, 1] = buf[digital, 0]
+    return out, cell_ids[analog] // 2, trains[analog], int(beyond.sum())
