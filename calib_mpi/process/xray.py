@@ -5,10 +5,16 @@ and pixel of one ASIC the analog values are histogrammed in unit (1 ADU) bins st
 per-(cell, pixel) ``origin``. The histograms are exact integer counts, so adding frames in any
 chunking or order, or merging accumulators of different ranks, gives bit-identical results.
 
-``finalize`` finds the noise (0-photon) and the 1-photon peak on a box-smoothed copy of each
-histogram and refines both on the **unsmoothed** histogram with an iterated, truncation-corrected
-windowed-moment Gaussian estimate (see ``_refine``). Failures give NaN and a bad-pixel bit,
-never 0.
+``finalize`` works on all (cell, pixel) histograms at once as a ``(rows, n_bins)`` array (in
+blocks of rows to bound temporary memory). Peak finding uses box sums of ``smooth`` bins
+(cumulative sums): the noise (0-photon) peak is the highest maximum; the 1-photon peak is the
+bin more than ``min_spacing`` above it that rises most above the deepest valley between the
+two (largest left-hand prominence), accepted only if that rise is significant, the valley real
+(``quality``) and both peaks high enough. Both peaks are then refined on the **unsmoothed**
+histogram by an iterated, truncation-corrected windowed-moment Gaussian estimate, with the
+tails of the neighbouring peaks subtracted (see ``_refine``). Failures give NaN and a bad-pixel
+bit, never 0. Cost: ~1.2 s for 16 cells x 4096 pixels x 512 bins on one core (~25-30 s for
+352 cells), linear in the number of (cell, pixel) histograms.
 
 Memory of the accumulator per ASIC: ``n_cells x 4096 x n_bins x itemsize`` bytes, i.e. with the
 default ``n_bins = 512`` 8 MiB per cell for ``uint32`` counts (16 cells: 128 MiB, 352 cells:
@@ -159,6 +165,10 @@ class XrayAccumulator:
     min_quality : minimum ``quality`` (valley depth relative to the 1-photon peak height).
     deviation_n_sigma : band of ``flag_deviation`` applied per cell over the ASIC in
         ``finalize``; None to skip (e.g. when the pipeline applies it module-wide).
+    method : histogramming path of ``update``, all exact and identical in result: "sort"
+        (sorts flat indices, ~100 ns per sample, best for few frames per cell and call),
+        "bincount" (one ``np.bincount`` per block of cells, ~30 ns per sample plus ~n_bins
+        per (cell, pixel) and call) or "auto" (bincount from n_bins / 16 frames per cell).
     """
 
     def __init__(
@@ -177,6 +187,7 @@ class XrayAccumulator:
         peak_n_sigma: float = 5.0,
         min_quality: float = 0.5,
         deviation_n_sigma: float | None = 5.0,
+        method: str = "auto",
     ) -> None:
         origin = np.asarray(origin)
         if origin.shape != (n_cells, 64, 64):
@@ -199,7 +210,9 @@ class XrayAccumulator:
         self.peak_n_sigma = float(peak_n_sigma)
         self.min_quality = float(min_quality)
         self.deviation_n_sigma = deviation_n_sigma
-        self.method = "auto"  # "sort" or "bincount" force one exact histogramming path
+        if method not in ("auto", "sort", "bincount"):
+            raise ValueError("method must be 'auto', 'sort' or 'bincount'")
+        self.method = method
         #: (n_cells * 4096, n_bins) counts, row = cell * 4096 + pixel.
         self.counts = np.zeros((self.n_cells * N_PIXELS, self.n_bins), count_dtype)
         #: (n_cells * 4096,) int64 values below / above the histogram range.
@@ -464,7 +477,13 @@ def _refine(
     cumulative sums) give a mean and a variance. With ``h = min(k s, (mu1 - mu0) / 2)`` the
     variance of the truncated Gaussian is ``s^2 c(a)``, ``a = h / s``, ``c = M2 / M0``, so
     ``s^2 = var / c(a)``; iterating (mu, s) converges (contraction ~0.3 per step at k = 2.5).
-    Finally ``sigma^2 = s^2 - 1/6`` (integer ADC values + bin spreading). Standard errors are
+    From the second iteration on, the expected counts and moments of the neighbouring peaks'
+    Gaussian tails inside the window (noise peak and Poisson-predicted 2-photon peak for the
+    1-photon window, 1-photon peak for the noise window) are subtracted analytically, which
+    removes the pull of overlapping peaks (e.g. noise 10-14 ADU at 60-75 ADU spacing: bias
+    -0.4 -> 0.0 standard errors). Finally ``sigma^2 = s^2 - 1/6`` (integer ADC values + bin
+    spreading). Accuracy measured on synthetic data (tests): bias of the spacing < 0.05 standard
+    errors, widths -0.1 %, reported errors within 5 % of the observed scatter. Standard errors are
     the asymptotic ones of these windowed (hard-rejection) M-estimators for N entries of the
     peak, ``N = N_window / M0``: ``var(mu) = s^2 / (N M2)``,
     ``var(s) = s^2 E[psi^2] / (N g'^2)`` with ``psi = (x^2 - c) 1{|x|<a}``.

@@ -14,7 +14,8 @@ the xray processor must set:
 - ``dead``: constant value ``round(offset)`` → ``FF_GAIN_EVAL_ERROR``;
 - ``no_photons``: ``rate = 0`` → ``FF_GAIN_EVAL_ERROR``;
 - ``noisy``: ``noise`` x 6 (30-48 ADU, peaks merge) → ``FF_GAIN_EVAL_ERROR``;
-- ``deviant``: ``spacing`` x 1.8 (well measurable, beyond 5 robust sigmas of U(60, 75)) → ``FF_GAIN_DEVIATION``.
+- ``deviant``: ``spacing`` x 1.8 (well measurable, beyond 5 robust sigmas of U(60, 75))
+  → ``FF_GAIN_DEVIATION``.
 
 ``empty_cells`` get no valid frame (→ ``FF_NO_ENTRIES``); a fraction of the other frames can be
 marked invalid (cell -1) and filled with garbage that would spoil any histogram including it.
@@ -158,8 +159,10 @@ def make_xray_run(
     for c in range(n_cells):
         photons = rng.poisson(truth_rate[c], (n_trains, 64, 64))
         width = np.sqrt(truth_noise[c] ** 2 + photons * sigma_fano**2)
-        value = truth_offset[c] + photons * truth_spacing[c] + width * rng.standard_normal(
-            (n_trains, 64, 64)
+        value = (
+            truth_offset[c]
+            + photons * truth_spacing[c]
+            + width * rng.standard_normal((n_trains, 64, 64))
         )
         value = np.where(dead[c], np.rint(truth_offset[c]), np.rint(value))
         analog[:, c] = np.clip(value, 0, 65535).astype(np.uint16)
