@@ -248,9 +248,9 @@ def build_plan(runs: tuple[int, ...], modules: tuple[int, ...], files: dict, n_r
     ``n_cells`` 0 means ``max(cell) + 1`` over all files of all runs.
     """
     for ri in range(len(runs)):
+        drop_isolated_trains([fi for m in modules for fi in files[(ri, m)]], max_train_gap)
         for m in modules:
             clean_module_trains(files[(ri, m)])
-        drop_isolated_trains([fi for m in modules for fi in files[(ri, m)]], max_train_gap)
     max_cell = max((fi.max_cell for fl in files.values() for fi in fl), default=-1)
     if n_cells <= 0:
         n_cells = max_cell + 1

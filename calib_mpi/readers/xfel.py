@@ -265,10 +265,11 @@ def scan_file(path: Path, source: str, run: int, module: int,
         zero = ids == 0
         empty = (count <= 0) & ~zero
         unsafe = ~safe & ~zero & ~empty
-        _, first_seen = np.unique(ids, return_index=True)
-        dup = np.ones(len(ids), bool)
-        dup[first_seen] = False
-        dup &= ~zero & ~empty & ~unsafe
+        cand = np.nonzero(~(zero | empty | unsafe))[0]
+        _, first_seen = np.unique(ids[cand], return_index=True)
+        dup = np.zeros(len(ids), bool)
+        dup[cand] = True
+        dup[cand[first_seen]] = False
         for mask, reason in ((zero, ZERO_ID), (empty, NO_FRAMES), (unsafe, UNSAFE),
                              (dup, DUP_TRAIN)):
             if mask.any():

@@ -54,6 +54,12 @@ class DarkRunSet:
     old_index: bool = False
     #: inject the known-bad pixels listed in :data:`DEFECTS`
     defects: bool = True
+    #: 2017 interleaved mode: analog and digital as separate frames in ``data[:, 0]``
+    interleaved: bool = False
+    #: data faults, each ``(kind, module index, train position)``, in every run; see
+    #: :data:`FAULTS`. Frames of faulty trains/frames hold garbage (60000 ADU), so using them
+    #: by mistake moves the constants far from the truth.
+    faults: tuple = ()
 
 
 #: Injected defects: name -> (ss, fs, affected gains)
@@ -64,6 +70,18 @@ DEFECTS = {
     "gain_swap": (400, 5, (0, 1)),      # medium-gain digital level equal to high gain
 }
 
+#: fault kind -> what the reader must do with it (reason counted in the output metadata)
+FAULTS = {
+    "zero_id": "train written with INDEX/trainId 0 (and frames with trainId 0): left out",
+    "bogus_id": "train ID jumps by +50000 for one train: left out as isolated",
+    "unsafe": "INDEX/flag 0 (train ID not from the time server): left out",
+    "duplicate_train": "the train appears a second time right after itself: copy left out",
+    "out_of_order": "an extra train with the ID of an earlier (lost) train: left out",
+    "bad_cell": "an extra frame with cellId 1000 in the train: left out",
+    "repeated_cell": "an extra frame repeating cellId 0 in the train: left out",
+    "tid_mismatch": "an extra frame whose image/trainId differs from the INDEX: left out",
+}
+GARBAGE = 60000
 GAIN_OFFSET = (5000.0, 5600.0, 6200.0)
 GAIN_NOISE = ((4.0, 5.5), (2.5, 3.5), (1.5, 2.0))
 GAIN_LEVEL = (4800.0, 6400.0, 7600.0)
@@ -109,7 +127,9 @@ def _train_positions(p: DarkRunSet, mi: int) -> np.ndarray:
 
 
 def _write_file(path: Path, p: DarkRunSet, module: int, ids: np.ndarray, counts: np.ndarray,
-                frames: np.ndarray, cells: np.ndarray) -> None:
+                frames: np.ndarray, cells: np.ndarray, frame_tid: np.ndarray,
+                flags: np.ndarray) -> None:
+    """One sequence file; ``frames`` (n, 2, 512, 128), ``cells``/``frame_tid`` per frame."""
     src = f"{p.detector}/DET/{module}CH0:xtdf"
     n = frames.shape[0]
     pad = p.padding_frames
@@ -123,7 +143,6 @@ def _write_file(path: Path, p: DarkRunSet, module: int, ids: np.ndarray, counts:
                                chunks=chunks)
         if n:
             d[:n] = frames
-        frame_tid = np.repeat(ids, counts)
         img.create_dataset("trainId", data=np.concatenate(
             [frame_tid, np.zeros(pad, np.uint64)]).astype(np.uint64)[:, None])
         img.create_dataset("cellId", data=np.concatenate(
@@ -140,7 +159,7 @@ def _write_file(path: Path, p: DarkRunSet, module: int, ids: np.ndarray, counts:
                          data=np.concatenate([counts, np.zeros(3, np.int64)]).astype(np.uint64))
         f.create_dataset("INDEX/trainId", data=ids.astype(np.uint64))
         f.create_dataset("INDEX/timestamp", data=np.zeros(nt, np.uint64))
-        f.create_dataset("INDEX/flag", data=np.ones(nt, np.int32))
+        f.create_dataset("INDEX/flag", data=flags.astype(np.int32))
         f.create_dataset("INDEX/origin", data=np.full(nt, -1, np.int32))
         first = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.uint64)
         ix = f"INDEX/{src}/image"
@@ -155,6 +174,37 @@ def _write_file(path: Path, p: DarkRunSet, module: int, ids: np.ndarray, counts:
         for grp in ("header", "detector", "trailer"):
             f.create_dataset(f"INDEX/{src}/{grp}/first", data=np.arange(nt, dtype=np.uint64))
             f.create_dataset(f"INDEX/{src}/{grp}/count", data=np.ones(nt, np.uint64))
+
+
+class _Train:
+    """One INDEX entry being assembled: its ID, flag and frames."""
+
+    def __init__(self, tid: int, flag: int = 1):
+        self.tid, self.flag = tid, flag
+        self.frames: list[np.ndarray] = []
+        self.cells: list[int] = []
+        self.frame_tids: list[int] = []
+
+    def add(self, frame: np.ndarray, cell: int, frame_tid: int | None = None) -> None:
+        self.frames.append(frame)
+        self.cells.append(cell)
+        self.frame_tids.append(self.tid if frame_tid is None else frame_tid)
+
+
+def _garbage() -> np.ndarray:
+    return np.full((2, 512, 128), GARBAGE, np.uint16)
+
+
+def _write_sequence(path: Path, p: DarkRunSet, module: int, trains: list[_Train]) -> None:
+    frames = [f for t in trains for f in t.frames]
+    arr = np.stack(frames) if frames else np.zeros((0, 2, 512, 128), np.uint16)
+    _write_file(path, p, module,
+                np.array([t.tid for t in trains], np.uint64),
+                np.array([len(t.frames) for t in trains], np.int64),
+                arr,
+                np.array([c for t in trains for c in t.cells], np.int64),
+                np.array([x for t in trains for x in t.frame_tids], np.uint64),
+                np.array([t.flag for t in trains], np.int64))
 
 
 def write_dark_runs(out_dir: Path | str, p: DarkRunSet | None = None) -> Path:
@@ -187,32 +237,57 @@ def write_dark_runs(out_dir: Path | str, p: DarkRunSet | None = None) -> Path:
                 run_dir = out / f"r{run:04d}"
                 run_dir.mkdir(exist_ok=True)
                 used = 0
+                faults = {(k, t) for k, fm, t in p.faults if fm == mi}
                 for s in range(p.n_sequences):
-                    seq_pos = pos[bounds[s]:bounds[s + 1]]
-                    ids = (p.first_train_id + 1000 * g + seq_pos).astype(np.uint64)
-                    counts = np.array([0 if t in lost else p.n_cells for t in seq_pos], np.int64)
-                    frames = np.empty((int(counts.sum()), 2, 512, 128), np.uint16)
-                    cells = np.empty(int(counts.sum()), np.int64)
-                    j = 0
-                    for _t, c in zip(seq_pos, counts, strict=False):
-                        if not c:
+                    trains: list[_Train] = []
+                    for t in pos[bounds[s]:bounds[s + 1]]:
+                        tid = p.first_train_id + 1000 * g + int(t)
+                        kinds = {k for k, tt in faults if tt == t}
+                        bad_train = kinds & {"zero_id", "bogus_id", "unsafe"}
+                        tr = _Train(0 if "zero_id" in kinds else
+                                    tid + 50_000 if "bogus_id" in kinds else tid,
+                                    flag=0 if "unsafe" in kinds else 1)
+                        trains.append(tr)
+                        if t in lost:
                             continue
                         z = rng.standard_normal((2, p.n_cells, 512, 128), dtype=np.float32)
                         a = truth["offset"][g] + truth["noise"][g] * z[0]
                         dg = truth["gain_level"][g] + truth["gain_level_noise"][g] * z[1]
                         a = np.clip(np.rint(a), 0, 65535).astype(np.uint16)
                         dg = np.clip(np.rint(dg), 0, 65535).astype(np.uint16)
-                        frames[j:j + c, 0] = a
-                        frames[j:j + c, 1] = dg
-                        cells[j:j + c] = np.arange(p.n_cells)
+                        for c in range(p.n_cells):
+                            if bad_train:
+                                tr.add(_garbage(), c)
+                            elif p.interleaved:
+                                tr.add(np.stack([a[c], np.zeros_like(a[c])]), 2 * c)
+                                tr.add(np.stack([dg[c], np.zeros_like(dg[c])]), 2 * c + 1)
+                            else:
+                                tr.add(np.stack([a[c], dg[c]]), c)
+                        if "bad_cell" in kinds:
+                            tr.add(_garbage(), 1000)
+                        if "repeated_cell" in kinds:
+                            tr.add(_garbage(), 0)
+                        if "tid_mismatch" in kinds:
+                            tr.add(_garbage(), p.n_cells - 1, tid + 7)
+                        if "duplicate_train" in kinds:
+                            dup = _Train(tid)
+                            for c in range(p.n_cells):
+                                dup.add(_garbage(), c)
+                            trains.append(dup)
+                        if "out_of_order" in kinds and lost:
+                            ooo = _Train(p.first_train_id + 1000 * g + min(lost))
+                            for c in range(p.n_cells):
+                                ooo.add(_garbage(), c)
+                            trains.append(ooo)
+                        if bad_train:
+                            continue
                         s1[g] += a
                         s2[g] += a.astype(np.float64) ** 2
                         d1[g] += dg
                         n[g] += 1
                         used += 1
-                        j += c
                     name = f"RAW-R{run:04d}-AGIPD{module:02d}-S{s:05d}.h5"
-                    _write_file(run_dir / name, p, module, ids, counts, frames, cells)
+                    _write_sequence(run_dir / name, p, module, trains)
                 trains_used.append(used)
             nn = np.maximum(n, 1)[:, :, None, None]
             mean = s1 / nn
