@@ -15,7 +15,8 @@ setup:
 demo: setup
 	@bash scripts/demo.sh $(NP)
 
-test: setup
+test:
+	@WITH_SLURM=1 bash scripts/setup-env.sh
 	@echo "[test] ruff check"
 	@$(VENV)/bin/ruff check calib_mpi tests benchmarks
 	@echo "[test] pytest"

@@ -12,6 +12,8 @@ py=${PYTHON:-python3}
 say() { printf '[setup] %s\n' "$*"; }
 
 apt_pkgs=(libhdf5-openmpi-dev openmpi-bin pkg-config)
+# the SLURM integration test needs a real one-node cluster: make test sets WITH_SLURM=1
+[ "${WITH_SLURM:-0}" = 1 ] && apt_pkgs+=(slurm-wlm munge)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -55,7 +57,7 @@ else
   say "h5py with MPI support present ($("$vpy" -c 'import h5py; print(h5py.__version__, "HDF5", h5py.version.hdf5_version)'))"
 fi
 
-if ! "$vpy" -c 'import calib_mpi' 2>/dev/null || [ ! -x "$venv/bin/calib-mpi" ]; then
+if ! "$vpy" -c "import calib_mpi" 2>/dev/null || [ ! -x "$venv/bin/calib-mpi" ] || [ ! -x "$venv/bin/calib-mpi-submit" ]; then
   say "installing calib-mpi (editable) into the venv"
   pipq --no-build-isolation --no-deps -e "$here"
 else
