@@ -14,6 +14,7 @@ import io
 import json
 import logging
 import os
+import resource
 import socket
 import sys
 import time
@@ -44,7 +45,7 @@ def _setup_logging(cfg: Config | None, rank: int) -> None:
     level = logging.INFO
     if cfg is not None:
         level = logging.WARNING if cfg.quiet else (logging.DEBUG if cfg.verbose else logging.INFO)
-    if rank != 0:
+    if rank != 0 and level > logging.DEBUG:
         level = max(level, logging.WARNING)
     logging.basicConfig(level=level, stream=sys.stderr,
                         format=f"[calib-mpi r{rank}] %(message)s", force=True)
@@ -101,22 +102,29 @@ def run(cfg: Config, comm: MPI.Comm) -> dict:
             print(format_record(record))
             print(plan.summary())
         return {"plan": plan, "record": record}
+    t_scan = time.monotonic() - t0
+    t_gather0 = time.monotonic()
     blocks = asic_blocks(XFEL_FRAME)
     recipe = RECIPES[cfg.measurement](cfg, plan)
     recipe.start(plan.units_of(comm.rank))
-    rejected = {}
+    rejected, bytes_read, t_runs = {}, 0, []
     for ri in range(len(plan.runs)):
-        rej = gather_run(comm, plan, ri, blocks, recipe.consume, driver, cfg.chunk_frames)
+        st = gather_run(comm, plan, ri, blocks, recipe.consume, driver, cfg.prefetch)
         recipe.end_run(ri)
-        for (m, reason), v in rej.items():
+        for (m, reason), v in st.rejected.items():
             rejected[(ri, m, reason)] = v
+        bytes_read += st.bytes_read
+        t_runs.append(st.seconds)
     for d in comm.allgather(rejected):  # frames left out while reading go into the metadata
         for (ri, m, reason), v in d.items():
             add_counts(plan.dropped[(ri, m)], {reason: v})
-    t_gather = time.monotonic() - t0
+    t_gather = time.monotonic() - t_gather0
+    t1 = time.monotonic()
     results = recipe.finalize(comm)
     extra = recipe.module_extra(comm, results)
     summary = recipe.summary(comm, results)
+    t_process = time.monotonic() - t1
+    t1 = time.monotonic()
     outputs = []
     if "join" in cfg.steps:
         for m in plan.modules:
@@ -137,11 +145,27 @@ def run(cfg: Config, comm: MPI.Comm) -> dict:
                          {u: results[u] for u in plan.units_in_module(comm.rank, m)},
                          attrs, ex)
             outputs.append(output_path(cfg, m))
+    t_join = time.monotonic() - t1
     elapsed = time.monotonic() - t0
+    rss = comm.gather(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, root=0)
+    total_read = comm.reduce(bytes_read, root=0)
     if comm.rank != 0:
         return {}
+    timing = {"n_ranks": comm.size, "bytes_read": total_read, "seconds_total": elapsed,
+              "seconds_preprocess": t_scan, "seconds_gather_process": t_gather,
+              "seconds_gather_per_run": t_runs, "seconds_finalize": t_process,
+              "seconds_join": t_join, "peak_rss_bytes_per_rank": rss,
+              "gather_GBps": total_read / max(t_gather, 1e-9) / 1e9,
+              "end_to_end_GBps": total_read / max(elapsed, 1e-9) / 1e9}
+    log.info("timing: preprocess %.2f s, gather+process %.2f s (%.2f GB/s), finalize %.2f s, "
+             "join %.2f s; peak memory per rank %s MB", t_scan, t_gather,
+             timing["gather_GBps"], t_process, t_join,
+             ", ".join(f"{r / 2**20:.0f}" for r in rss))
+    if cfg.report:
+        cfg.report.parent.mkdir(parents=True, exist_ok=True)
+        cfg.report.write_text(json.dumps(timing, indent=1) + "\n")
     return {"plan": plan, "summary": summary, "outputs": outputs, "elapsed": elapsed,
-            "t_gather": t_gather}
+            "timing": timing}
 
 
 def print_summary(cfg: Config, info: dict) -> None:

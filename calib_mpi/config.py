@@ -84,7 +84,9 @@ class Config:
     interleaved: bool = False
     max_train_gap: int = 1000
     missing_modules: str = "error"
-    chunk_frames: int = 256
+    chunk_frames: int = 1024
+    prefetch: bool = True
+    report: Path | None = None
     io_driver: str = "auto"
     offset_sigma: float = 5.0
     noise_sigma: float = 5.0
@@ -209,8 +211,20 @@ def build_parser(default_files: list[str] | None = None) -> configargparse.ArgPa
         "--chunk_frames",
         "--chunk-frames",
         type=int,
-        default=256,
-        help="frames read per slab; bounds memory per rank (~0.75 MB per frame)",
+        default=1024,
+        help="frames per read slab (whole trains, at least one); memory per rank is about "
+        "1 MB per frame (two read buffers, send and receive buffers)",
+    )
+    g.add_argument(
+        "--report",
+        help="write timings (per step), bytes read and peak memory per rank as JSON here",
+    )
+    g.add_argument(
+        "--no_prefetch",
+        "--no-prefetch",
+        dest="prefetch",
+        action="store_false",
+        help="do not read the next slab in a background thread while computing",
     )
     g.add_argument(
         "--io_driver",
@@ -330,6 +344,8 @@ def parse_config(argv: list[str]) -> Config:
         max_train_gap=ns.max_train_gap,
         missing_modules=ns.missing_modules,
         chunk_frames=ns.chunk_frames,
+        prefetch=ns.prefetch,
+        report=Path(ns.report) if ns.report else None,
         io_driver=ns.io_driver,
         offset_sigma=ns.offset_sigma,
         noise_sigma=ns.noise_sigma,

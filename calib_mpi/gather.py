@@ -14,6 +14,8 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 from mpi4py import MPI
@@ -21,13 +23,14 @@ from mpi4py import MPI
 from .errors import CalibError
 from .geometry import AsicBlock
 from .parallel import open_h5
-from .plan import Plan, Slab, Unit
+from .plan import Plan, Slab
+from .process.kernels import group_by_cell
 from .readers.xfel import CELL_RANGE, FileIndex, read_slab
 
 log = logging.getLogger(__name__)
 
-#: consumer(unit, run_index, frames (frame, 2, 64, 64) uint16, cells (frame,), trains (frame,))
-Consumer = Callable[[Unit, int, np.ndarray, np.ndarray, np.ndarray], None]
+#: consume(unit, run_index, frames, r0, c0, cells, trains, group); see :func:`gather_run`
+Consumer = Callable[..., None]
 
 
 def _injected_fault(rank: int, round_index: int) -> None:
@@ -85,99 +88,190 @@ def _read(f, info: FileIndex, slab: Slab, buf: np.ndarray, pair_buf: np.ndarray 
                          "file?") from e
 
 
+_POOL: dict[str, np.ndarray] = {}
+
+
+def _buffer(name: str, n_elements: int) -> np.ndarray:
+    """A flat uint16 work buffer reused across rounds and runs (fresh pages cost page faults,
+    which are as expensive as the work itself at these sizes)."""
+    buf = _POOL.get(name)
+    if buf is None or buf.size < n_elements:
+        buf = _POOL[name] = np.empty(max(n_elements, 1), np.uint16)
+    return buf[:n_elements]
+
+
+@dataclass
+class GatherStats:
+    """What one rank did in :func:`gather_run`."""
+
+    #: frames left out while reading, {(module, reason): n}
+    rejected: dict
+    #: bytes of raw frames read by this rank
+    bytes_read: int
+    #: wall time of the run's gather on this rank (s)
+    seconds: float
+
+
+class _Reader:
+    """Reads this rank's slab of each round, optionally one round ahead in a thread.
+
+    Two buffer sets alternate, so the frames returned for round k stay valid while round k+1
+    is being read. Read errors are returned, not raised, to be shared with all ranks.
+    """
+
+    def __init__(self, plan: Plan, run_index: int, files: _Files, rank: int, prefetch: bool):
+        self.plan, self.ri, self.files, self.rank = plan, run_index, files, rank
+        rounds = plan.rounds[run_index]
+        self.rounds = rounds
+        max_n = max((s.n_frames for rnd in rounds for s in rnd if s is not None), default=0)
+        shape = (2, 512, 128)
+        inter = any(fi.interleaved for m in plan.modules for fi in plan.files[(run_index, m)])
+        n_sets = 2 if prefetch else 1
+        fe = int(np.prod(shape))
+        n = max(max_n, 1)
+        self.bufs = [(_buffer(f"read{i}", n * fe).reshape((-1,) + shape),
+                      _buffer(f"pair{i}", (n + 1) // 2 * fe).reshape((-1,) + shape)
+                      if inter else None)
+                     for i in range(n_sets)]
+        self.pool = ThreadPoolExecutor(max_workers=1) if prefetch else None
+        self.pending = None
+        self.bytes = 0
+
+    def _read(self, k: int):
+        slab = self.rounds[k][self.rank]
+        if slab is None:
+            return None
+        try:
+            _injected_fault(self.rank, k)
+            info = self.plan.files[(self.ri, slab.module)][slab.file_index]
+            f = self.files.get(slab.module, slab.file_index, info)
+            buf, pair_buf = self.bufs[k % len(self.bufs)]
+            out = _read(f, info, slab, buf, pair_buf, self.plan.train_axis[self.ri],
+                        self.plan.n_cells)
+            self.bytes += slab.n_frames * buf[0].nbytes
+            return out
+        except Exception as e:  # reported to every rank by the caller
+            return e
+
+    def get(self, k: int):
+        """``(frames, cells, trains, n_beyond)`` of round k, an exception, or None."""
+        if self.pool is None:
+            return self._read(k)
+        result = self.pending.result() if self.pending is not None else self._read(k)
+        self.pending = (self.pool.submit(self._read, k + 1) if k + 1 < len(self.rounds)
+                        else None)
+        return result
+
+    def close(self) -> None:
+        if self.pool is not None:
+            if self.pending is not None:
+                self.pending.result()
+            self.pool.shutdown()
+
+
 def gather_run(comm: MPI.Comm, plan: Plan, run_index: int, blocks: list[AsicBlock],
-               consume: Consumer, driver: str, chunk_frames: int) -> dict:
+               consume: Consumer, driver: str, prefetch: bool = True) -> GatherStats:
     """Stream one run to the ASIC owners.
 
-    Returns this rank's counts of frames left out while reading, ``{(module, reason): n}``.
+    ``consume(unit, run_index, frames, r0, c0, cells, trains, group)`` receives, for each
+    owned ASIC, frames (frame, 2, H, W) uint16 C-contiguous whose rows ``r0:r0+64`` and columns
+    ``c0:c0+64`` are the ASIC (H = W = 64 for blocks from other ranks; the whole read buffer,
+    without a copy, for frames this rank read itself), their cells and train positions, and
+    ``group_by_cell`` of the cells. Returns this rank's :class:`GatherStats`.
     """
     rank, size = comm.rank, comm.size
     rounds = plan.rounds[run_index]
-    max_n = max((s.n_frames for rnd in rounds for s in rnd if s is not None), default=0)
-    frame_shape = (2, 512, 128)
-    buf = np.empty((max(max_n, 1),) + frame_shape, np.uint16)
-    interleaved = any(fi.interleaved for m in plan.modules for fi in plan.files[(run_index, m)])
-    pair_buf = np.empty((max(max_n // 2, 1),) + frame_shape, np.uint16) if interleaved else None
     block_elems = 2 * 64 * 64
-    rejected: dict[str, int] = {}
+    rejected: dict = {}
     files = _Files(plan, run_index, driver, comm)
-    t0, last_log, bytes_read = time.monotonic(), time.monotonic(), 0
+    reader = _Reader(plan, run_index, files, rank, prefetch)
+    t0, last_log = time.monotonic(), time.monotonic()
+    prof = dict.fromkeys(("read wait", "alltoall", "pack", "Alltoallv", "process"), 0.0)
     try:
         for k, rnd in enumerate(rounds):
             slab = rnd[rank]
-            err, frames, cells, trains = None, None, None, None
-            if slab is not None:
-                try:
-                    _injected_fault(rank, k)
-                    info = plan.files[(run_index, slab.module)][slab.file_index]
-                    f = files.get(slab.module, slab.file_index, info)
-                    frames, cells, trains, beyond = _read(
-                        f, info, slab, buf, pair_buf, plan.train_axis[run_index], plan.n_cells)
-                    if beyond:
-                        key = (slab.module, CELL_RANGE)
-                        rejected[key] = rejected.get(key, 0) + beyond
-                    bytes_read += slab.n_frames * buf[0].nbytes
-                except Exception as e:  # reported to every rank below
-                    err = e
+            tw = time.monotonic()
+            got = reader.get(k)
+            prof["read wait"] += time.monotonic() - tw
+            err = got if isinstance(got, BaseException) else None
+            frames = cells = trains = None
+            if got is not None and err is None:
+                frames, cells, trains, beyond = got
+                if beyond:
+                    key = (slab.module, CELL_RANGE)
+                    rejected[key] = rejected.get(key, 0) + beyond
             msg = None if err is None else (str(err) if isinstance(err, CalibError)
                                             else f"{type(err).__name__}: {err}")
             dest_units = [plan.units_in_module(d, slab.module) if slab is not None else []
                           for d in range(size)]
-            meta = [(msg, (cells, trains) if (err is None and dest_units[d]) else None)
-                    for d in range(size)]
-            received = comm.alltoall(meta)
+            meta = [(msg, (cells, trains) if (err is None and dest_units[d] and d != rank)
+                     else None) for d in range(size)]
+            tw = time.monotonic()
+            received = comm.alltoall(meta) if size > 1 else meta
+            prof["alltoall"] += time.monotonic() - tw
             failed = [(r, m) for r, (m, _) in enumerate(received) if m is not None]
             if failed:
                 r, m = failed[0]
                 raise CalibError(f"{m} [rank {r}]")
 
-            # send buffer: for each destination rank, its units' blocks of this slab
-            scounts = np.zeros(size, np.int64)
+            # one Alltoallv per round: each other owner gets (frame, 2, 64, 64) per ASIC
             n_send = 0 if frames is None else len(frames)
-            for d in range(size):
-                scounts[d] = n_send * len(dest_units[d]) * block_elems
+            scounts = np.array([n_send * len(dest_units[d]) * block_elems if d != rank else 0
+                                for d in range(size)], np.int64)
             sdispl = np.concatenate([[0], np.cumsum(scounts)[:-1]])
-            sendbuf = np.empty(int(scounts.sum()), np.uint16)
-            if n_send:
+            rcounts = np.zeros(size, np.int64)
+            for s in range(size):
+                if s != rank and received[s][1] is not None:
+                    rcounts[s] = (len(received[s][1][0])
+                                  * len(plan.units_in_module(rank, rnd[s].module)) * block_elems)
+            rdispl = np.concatenate([[0], np.cumsum(rcounts)[:-1]])
+            tw = time.monotonic()
+            if size > 1:
+                sendbuf = _buffer("send", int(scounts.sum()))
                 for d in range(size):
                     off = int(sdispl[d])
-                    for u in dest_units[d]:
+                    for u in dest_units[d] if scounts[d] else []:
                         b = blocks[u.block]
                         view = sendbuf[off:off + n_send * block_elems].reshape(n_send, 2, 64, 64)
                         np.copyto(view, frames[:, :, b.rows, b.cols])
                         off += n_send * block_elems
-            # receive: from each source, my units in its slab's module
-            rcounts = np.zeros(size, np.int64)
-            src_units = []
-            for s in range(size):
-                sl = rnd[s]
-                units = plan.units_in_module(rank, sl.module) if sl is not None else []
-                n_s = len(received[s][1][0]) if received[s][1] is not None else 0
-                src_units.append((units, n_s))
-                rcounts[s] = n_s * len(units) * block_elems
-            rdispl = np.concatenate([[0], np.cumsum(rcounts)[:-1]])
-            if size == 1:
-                recvbuf = sendbuf
-            else:
-                recvbuf = np.empty(int(rcounts.sum()), np.uint16)
+                recvbuf = _buffer("recv", int(rcounts.sum()))
+                prof["pack"] += time.monotonic() - tw
+                tw = time.monotonic()
                 comm.Alltoallv([sendbuf, (scounts, sdispl), MPI.UNSIGNED_SHORT],
                                [recvbuf, (rcounts, rdispl), MPI.UNSIGNED_SHORT])
+                prof["Alltoallv"] += time.monotonic() - tw
+            tw = time.monotonic()
             for s in range(size):
-                units, n_s = src_units[s]
-                if not n_s or not units:
+                if s == rank:
+                    if frames is None or not len(frames) or not dest_units[rank]:
+                        continue
+                    group = group_by_cell(cells, plan.n_cells)
+                    for u in dest_units[rank]:
+                        b = blocks[u.block]
+                        consume(u, run_index, frames, b.rows.start, b.cols.start, cells, trains,
+                                group)
+                    continue
+                if not rcounts[s]:
                     continue
                 c_s, t_s = received[s][1]
+                n_s = len(c_s)
+                group = group_by_cell(c_s, plan.n_cells)
                 off = int(rdispl[s])
-                for u in units:
+                for u in plan.units_in_module(rank, rnd[s].module):
                     view = recvbuf[off:off + n_s * block_elems].reshape(n_s, 2, 64, 64)
-                    consume(u, run_index, view, c_s, t_s)
+                    consume(u, run_index, view, 0, 0, c_s, t_s, group)
                     off += n_s * block_elems
+            prof["process"] += time.monotonic() - tw
             now = time.monotonic()
             if rank == 0 and (now - last_log > 5 or k == len(rounds) - 1):
-                rate = bytes_read * size / max(now - t0, 1e-9) / 1e9
+                rate = reader.bytes * size / max(now - t0, 1e-9) / 1e9
                 log.info("run %s: round %d/%d, ~%.2f GB/s read (all ranks, estimated)",
                          plan.runs[run_index], k + 1, len(rounds), rate)
                 last_log = now
     finally:
+        reader.close()
         files.close()
-    return rejected
+    log.debug("gather run %s rank %d: %s", plan.runs[run_index], rank,
+              ", ".join(f"{k} {v:.2f} s" for k, v in prof.items()))
+    return GatherStats(rejected, reader.bytes, time.monotonic() - t0)

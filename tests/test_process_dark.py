@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 
 from calib_mpi.badpixels import BadPixels
+from calib_mpi.process import kernels
 from calib_mpi.process.dark import (
     DarkAccumulator,
     DarkLimits,
     flag_bad_pixels,
-    group_sums,
     module_reference,
     unit_quantiles,
 )
@@ -21,15 +21,36 @@ def _frames(rng, n, n_cells, shape=(8, 8)):
     return a, d, cells
 
 
-def test_group_sums_match_brute_force():
-    rng = np.random.default_rng(0)
-    a, _, cells = _frames(rng, 300, 5)
-    uniq, n, s1, s2 = group_sums(a, cells, 5)
-    for i, c in enumerate(uniq):
-        x = a[cells == c].astype(np.int64)
-        assert n[i] == len(x)
-        assert np.array_equal(s1[i], x.sum(0)) and np.array_equal(s2[i], (x * x).sum(0))
-    assert -1 not in uniq
+def test_group_by_cell():
+    cells = np.array([3, -1, 0, 3, 7, 0, 2])
+    order, starts, cells_u = kernels.group_by_cell(cells, 4)
+    assert cells_u.tolist() == [0, 2, 3]
+    groups = [order[starts[g]:starts[g + 1]].tolist() for g in range(len(cells_u))]
+    assert groups == [[2, 5], [6], [0, 3]]
+
+
+@pytest.mark.parametrize("block", [(0, 0), (64, 0), (448, 64)])
+def test_dark_kernel_is_exact_and_matches_numpy(block):
+    """The compiled kernel and the numpy fallback give the same exact integer sums, on a
+    block of a full frame (the no-copy path) with values up to 65535."""
+    rng = np.random.default_rng(5)
+    frames = rng.integers(0, 65536, (40, 2, 512, 128), dtype=np.uint16)
+    frames[0, :, block[0]:block[0] + 64, block[1]:block[1] + 64] = 65535
+    cells = rng.integers(-1, 6, 40)
+    group = kernels.group_by_cell(cells, 6)
+    fast = [np.zeros((6, 64, 64), np.uint64) for _ in range(4)]
+    slow = [np.zeros((6, 64, 64), np.uint64) for _ in range(4)]
+    kernels.dark_sums(frames, *block, group, fast)
+    kernels._dark_sums_numpy(frames, *block, *group, *slow)
+    for a, b in zip(fast, slow, strict=True):
+        assert np.array_equal(a, b)
+    blk = frames[:, :, block[0]:block[0] + 64, block[1]:block[1] + 64].astype(np.uint64)
+    for c in range(6):
+        x = blk[cells == c]
+        assert np.array_equal(fast[0][c], x[:, 0].sum(0))
+        assert np.array_equal(fast[1][c], (x[:, 0] ** 2).sum(0))
+        assert np.array_equal(fast[3][c], (x[:, 1] ** 2).sum(0))
+    assert kernels.HAVE_NUMBA, "numba is part of the environment; the fast path must be tested"
 
 
 def test_accumulator_matches_numpy_and_ignores_chunking_and_order():

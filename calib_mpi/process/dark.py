@@ -1,7 +1,7 @@
 """Dark calibration: offset, noise, gain levels, thresholds and bad pixels per ASIC.
 
 Streaming and exact: per (gain, cell, pixel) the accumulator keeps integer sums of the analog
-and digital values and of their squares (int64, exact for any order of frames), so the result
+and digital values and of their squares (uint64, exact for any order of frames), so the result
 does not depend on how the frames were chunked or distributed over ranks. Means and standard
 deviations are computed once per gain in float64 from those sums.
 
@@ -16,40 +16,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..badpixels import BadPixels, bits
+from .kernels import dark_sums, group_by_cell
 
 N_GAINS = 3
 #: percentiles each ASIC contributes to the module reference (see :func:`module_reference`)
 QUANTILE_LEVELS = np.linspace(0.0, 100.0, 41)
-
-
-def group_sums(frames: np.ndarray, cells: np.ndarray, n_cells: int
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Per-cell sums of ``frames`` and of their squares, exact in int64.
-
-    Parameters
-    ----------
-    frames : (frame, ...) integer array.
-    cells : (frame,) int, memory cell of each frame; -1 or >= n_cells = ignore.
-
-    Returns
-    -------
-    uniq : (k,) the cells present; n : (k,) frames per cell;
-    s1, s2 : (k, ...) int64 sums of values and of squared values.
-    """
-    ok = (cells >= 0) & (cells < n_cells)
-    if not ok.all():
-        frames, cells = frames[ok], cells[ok]
-    if len(cells) == 0:
-        z = np.zeros((0,) + frames.shape[1:], np.int64)
-        return np.zeros(0, np.int64), np.zeros(0, np.int64), z, z
-    order = np.argsort(cells, kind="stable")
-    sc = cells[order]
-    uniq, starts, n = np.unique(sc, return_index=True, return_counts=True)
-    x = frames[order].astype(np.int64)
-    s1 = np.add.reduceat(x, starts, axis=0)
-    np.multiply(x, x, out=x)
-    s2 = np.add.reduceat(x, starts, axis=0)
-    return uniq, n, s1, s2
 
 
 class DarkAccumulator:
@@ -76,27 +47,30 @@ class DarkAccumulator:
     def _start(self, gain: int) -> None:
         shape = (self.n_cells,) + self.block_shape
         self._gain = gain
-        self._sums = [np.zeros(shape, np.int64) for _ in range(4)]
+        self._sums = [np.zeros(shape, np.uint64) for _ in range(4)]
 
-    def update(self, gain: int, analog: np.ndarray, digital: np.ndarray,
-               cells: np.ndarray) -> None:
-        """Add frames of the run with gain stage ``gain`` forced.
+    def add_frames(self, gain: int, frames: np.ndarray, r0: int, c0: int,
+                   group: tuple) -> None:
+        """Add a block of frames of the run with gain stage ``gain`` forced (hot path).
 
-        analog, digital : (frame, row, col) integer arrays; cells : (frame,) int, -1 = ignore.
+        frames : (frame, 2, H, W) uint16 analog/digital, C-contiguous; this ASIC's pixels are
+            rows ``r0:r0+64``, columns ``c0:c0+64``. group : ``group_by_cell`` of the frames.
         The frames of one gain must all arrive before :meth:`finish_gain` of that gain.
         """
         if self._gain != gain:
             if self._gain is not None:
                 self.finish_gain(self._gain)
             self._start(gain)
-        sa1, sa2, sd1, sd2 = self._sums
-        uniq, n, s1, s2 = group_sums(analog, cells, self.n_cells)
-        sa1[uniq] += s1
-        sa2[uniq] += s2
-        self.count[gain, uniq] += n
-        _, _, s1, s2 = group_sums(digital, cells, self.n_cells)
-        sd1[uniq] += s1
-        sd2[uniq] += s2
+        dark_sums(frames, r0, c0, group, self._sums)
+        order, starts, cells_u = group
+        self.count[gain, cells_u] += np.diff(starts)
+
+    def update(self, gain: int, analog: np.ndarray, digital: np.ndarray,
+               cells: np.ndarray) -> None:
+        """Add frames given as separate analog and digital (frame, row, col) arrays;
+        cells (frame,) int, -1 = ignore."""
+        frames = np.ascontiguousarray(np.stack([analog, digital], axis=1), dtype=np.uint16)
+        self.add_frames(gain, frames, 0, 0, group_by_cell(np.asarray(cells), self.n_cells))
 
     def finish_gain(self, gain: int) -> None:
         """Turn the sums of ``gain`` into float statistics and free them."""
@@ -127,17 +101,22 @@ class DarkAccumulator:
 
 
 def unit_quantiles(values: np.ndarray) -> np.ndarray:
-    """Percentiles (:data:`QUANTILE_LEVELS`) over the pixels of one ASIC.
+    """Percentiles (:data:`QUANTILE_LEVELS`) over the pixels of one ASIC, ignoring NaN.
 
-    values : (gain, cell, row, col); returns (gain, cell, n_levels) float64, NaN where no finite
-    value exists.
+    values : (gain, cell, row, col); returns (gain, cell, n_levels) float64 (linear
+    interpolation, as ``np.nanpercentile``), NaN where no finite value exists.
     """
     g, c = values.shape[:2]
-    flat = values.reshape(g, c, -1).astype(np.float64)
-    out = np.full((g, c, len(QUANTILE_LEVELS)), np.nan)
-    finite = np.isfinite(flat).any(axis=2)
-    if finite.any():
-        out[finite] = np.nanpercentile(flat[finite], QUANTILE_LEVELS, axis=1).T
+    flat = np.sort(values.reshape(g, c, -1).astype(np.float64), axis=2)  # NaN sort last
+    n = np.isfinite(flat).sum(axis=2)
+    pos = QUANTILE_LEVELS[None, None, :] / 100.0 * np.maximum(n - 1, 0)[:, :, None]
+    lo = np.floor(pos).astype(np.int64)
+    hi = np.minimum(lo + 1, np.maximum(n - 1, 0)[:, :, None])
+    frac = pos - lo
+    vlo = np.take_along_axis(flat, lo, axis=2)
+    vhi = np.take_along_axis(flat, hi, axis=2)
+    out = vlo + (vhi - vlo) * frac
+    out[n == 0] = np.nan
     return out
 
 

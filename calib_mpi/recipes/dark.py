@@ -46,9 +46,9 @@ class DarkRecipe:
     def start(self, units: list[Unit]) -> None:
         self.acc = {u: DarkAccumulator(self.plan.n_cells) for u in units}
 
-    def consume(self, unit: Unit, run_index: int, frames: np.ndarray, cells: np.ndarray,
-                trains: np.ndarray) -> None:
-        self.acc[unit].update(run_index, frames[:, 0], frames[:, 1], cells)
+    def consume(self, unit: Unit, run_index: int, frames: np.ndarray, r0: int, c0: int,
+                cells: np.ndarray, trains: np.ndarray, group: tuple) -> None:
+        self.acc[unit].add_frames(run_index, frames, r0, c0, group)
 
     def end_run(self, run_index: int) -> None:
         for a in self.acc.values():
