@@ -32,11 +32,10 @@ from .join import write_module
 from .parallel import resolve_driver
 from .preprocess import format_record, make_plan, output_path, record_path, write_record
 from .readers.xfel import add_counts
-from .recipes.dark import DarkRecipe
+from .recipes import RECIPES
 
 log = logging.getLogger("calib_mpi")
 
-RECIPES = {"dark": DarkRecipe}
 #: ``calib-mpi <name> ...`` runs ``<module>.main(argv)`` instead of a calibration
 SUBCOMMANDS = {"plot": "calib_mpi.plot", "export": "calib_mpi.export"}
 
@@ -165,7 +164,7 @@ def run(cfg: Config, comm: MPI.Comm) -> dict:
         cfg.report.parent.mkdir(parents=True, exist_ok=True)
         cfg.report.write_text(json.dumps(timing, indent=1) + "\n")
     return {"plan": plan, "summary": summary, "outputs": outputs, "elapsed": elapsed,
-            "timing": timing}
+            "timing": timing, "recipe": recipe}
 
 
 def print_summary(cfg: Config, info: dict) -> None:
@@ -174,17 +173,12 @@ def print_summary(cfg: Config, info: dict) -> None:
     print(f"calib-mpi {__version__}: {cfg.measurement} calibration of module(s) "
           f"{', '.join(str(m) for m in plan.modules)} — {plan.n_cells} cells, "
           f"{plan.n_ranks} rank(s), {info['elapsed']:.1f} s")
-    names = ("high", "medium", "low")
     for m in plan.modules:
         used = ", ".join(f"run {r}: {plan.trains_used[(ri, m)]}"
                          for ri, r in enumerate(plan.runs))
         print(f"  module {m:2d}  trains used: {used}")
-        s = info["summary"].get(m, {})
-        for g in range(3):
-            off = s.get("offset", [np.nan] * 3)[g]
-            noi = s.get("noise", [np.nan] * 3)[g]
-            print(f"     {names[g]:>6} gain: median offset {off:8.1f} ADU, median noise "
-                  f"{noi:6.2f} ADU, bad pixel-cells {int(s['bad'][g])}")
+        for line in info["recipe"].describe(m, info["summary"].get(m, {})):
+            print(f"     {line}")
     for p in info["outputs"]:
         print(f"  wrote {p}")
 

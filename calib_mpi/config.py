@@ -18,9 +18,14 @@ from . import __version__
 from .errors import ConfigError
 
 FACILITIES = ("xfel", "cfel")
-MEASUREMENTS = ("dark",)
+#: measurement -> (number of runs it needs or None, what the runs are); one entry per recipe in
+#: calib_mpi.recipes (kept here so that parsing a config never imports MPI: a process that
+#: initialised MPI passes its MPI environment on to the jobs it submits)
+RUNS_NEEDED = {"dark": (3, "high, medium, low gain")}
+MEASUREMENTS = tuple(RUNS_NEEDED)
 ALL_STEPS = ("preprocess", "gather", "process", "join")
 ENV_PREFIX = "CALIB_MPI_"
+NUMBER_WORDS = {1: "one", 2: "two", 3: "three", 4: "four", 8: "eight"}
 
 
 def facility_dir() -> Path:
@@ -317,10 +322,11 @@ def parse_config(argv: list[str]) -> Config:
     bad = [s for s in steps if s not in ALL_STEPS]
     if bad:
         raise ConfigError(f"steps: unknown step(s) {bad}; expected a subset of {ALL_STEPS}")
-    if ns.measurement == "dark" and len(runs) != 3:
+    n_runs, meaning = RUNS_NEEDED[ns.measurement]
+    if n_runs is not None and len(runs) != n_runs:
         raise ConfigError(
-            f"runs: dark needs exactly three runs (high, medium, low gain), got {len(runs)}: "
-            f"{list(runs)}"
+            f"runs: {ns.measurement} needs exactly {NUMBER_WORDS.get(n_runs, n_runs)} run(s) "
+            f"({meaning}), got {len(runs)}: {list(runs)}"
         )
     if ns.chunk_frames < 1:
         raise ConfigError("chunk_frames must be at least 1")

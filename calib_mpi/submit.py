@@ -213,9 +213,14 @@ def submit(script: Path, timeout: float = SBATCH_TIMEOUT) -> str:
     if sbatch is None:
         raise SubmitError("sbatch not found on PATH: run this on a SLURM login node (or load "
                           f"the slurm module); --dry-run prints the script. It is in {script}")
+    # sbatch exports this environment to the job: leave out the MPI/PMIx variables of any MPI
+    # runtime around this process, which would make the job's mpirun fail silently
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("OMPI_COMM_WORLD", "OMPI_MCA_orte", "OMPI_MCA_ess", "PMIX_",
+                                "PMI_", "OMPI_FILE_LOCATION", "OMPI_UNIVERSE_SIZE"))}
     try:
         p = subprocess.run([sbatch, "--parsable", str(script)], capture_output=True, text=True,
-                           timeout=timeout)
+                           timeout=timeout, env=env)
     except subprocess.TimeoutExpired as e:
         raise SubmitError(f"sbatch did not answer within {timeout:.0f} s (is slurmctld "
                           "reachable?)") from e

@@ -46,7 +46,7 @@ def test_int_lists(text, expected):
 
 @pytest.mark.parametrize("text,message", [
     ("input_dir = /d\nruns = 1 2 3\noutput_dir = /o\n", "missing required setting(s): modules"),
-    ("input_dir = /d\nruns = 1 2\nmodules = 0\noutput_dir = /o\n", "exactly three runs"),
+    ("input_dir = /d\nruns = 1 2\nmodules = 0\noutput_dir = /o\n", "exactly three run(s)"),
     ("input_dir = /d\nruns = 1 2 3\nmodules = 16\noutput_dir = /o\n", "modules are 0..15"),
     ("input_dir = /d\nruns = 1 2 3\nmodules = x\noutput_dir = /o\n", "cannot read 'x'"),
     (BASE + "steps = gather bake\n", "unknown step(s) ['bake']"),
@@ -66,3 +66,15 @@ def test_help_documents_every_option(capsys):
                 "--detector", "--output_dir", "--steps", "--overwrite", "--chunk_frames",
                 "--io_driver", "--offset_sigma", "--noise_hard", "CALIB_MPI_"):
         assert key in text
+
+
+def test_parsing_a_config_does_not_start_mpi(tmp_path):
+    """calib-mpi-submit parses the config; had that initialised MPI, sbatch would pass the
+    MPI environment of the submitting process on to the job, whose mpirun then fails."""
+    import subprocess
+    import sys
+
+    conf = _conf(tmp_path, BASE)
+    code = ("import sys; from calib_mpi.config import parse_config; "
+            f"parse_config([{conf!r}]); sys.exit('mpi4py' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0

@@ -72,7 +72,7 @@ def test_corrupt_header(broken, tmp_path):
 def test_wrong_number_of_dark_runs(dark_set, tmp_path):
     r, out = _run(dark_set, tmp_path, args=["--runs", "9001", "9002"])
     assert r.returncode != 0
-    assert "dark needs exactly three runs" in r.stderr
+    assert "dark needs exactly three run(s)" in r.stderr
     _no_results(out)
 
 

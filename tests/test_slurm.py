@@ -151,7 +151,7 @@ def test_relative_config_and_calib_overrides(capsys, conf, tmp_path, monkeypatch
     (["{conf}", "--env", "NOVALUE"], "expected KEY=VALUE"),
     (["{conf}", "--venv", "/nonexistent"], "bin/activate not found"),
     (["{conf}", "--template", "/nonexistent.template"], "template /nonexistent.template"),
-    (["{conf}", "--", "--runs", "1", "2"], "dark needs exactly three runs"),
+    (["{conf}", "--", "--runs", "1", "2"], "dark needs exactly three run(s)"),
 ])
 def test_errors_are_clear(capsys, conf, tmp_path, monkeypatch, argv, message):
     monkeypatch.chdir(tmp_path)

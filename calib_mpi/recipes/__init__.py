@@ -1,1 +1,23 @@
-"""Measurement recipes: how each measurement plugs its processor into gather and join."""
+"""Measurement recipes: how each measurement plugs its processor into gather and join.
+
+A recipe is built per job as ``Recipe(cfg, plan)`` and driven by :func:`calib_mpi.cli.run`:
+
+- ``start(units)``: create the per-ASIC processors of this rank's units;
+- ``consume(unit, run_index, frames, r0, c0, cells, trains, group)``: called by
+  :func:`calib_mpi.gather.gather_run` for every block of frames of an owned ASIC;
+- ``end_run(run_index)``: all frames of a run have arrived;
+- ``finalize(comm)`` (collective): per-unit result dictionaries of arrays
+  ``(k, cell, 64, 64)`` named as in ``specs``;
+- ``module_extra(comm, results)`` (collective): small per-module datasets, identical on all
+  ranks; ``summary(comm, results)`` (collective) and ``describe(module, summary)``: the
+  report printed at the end.
+
+The class attributes ``name`` and ``specs`` (the :class:`~calib_mpi.join.DatasetSpec` list of
+the output file) describe the measurement. Adding a measurement means adding a module here, an
+entry to :data:`RECIPES` and one to ``calib_mpi.config.RUNS_NEEDED``; gather, join and the
+command line stay as they are.
+"""
+
+from .dark import DarkRecipe
+
+RECIPES = {"dark": DarkRecipe}

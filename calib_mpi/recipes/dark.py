@@ -101,3 +101,13 @@ class DarkRecipe:
                     if k in s:
                         t[k] = s[k]
         return out
+
+    def describe(self, module: int, s: dict) -> list[str]:
+        """Report lines of one module for the end-of-job summary."""
+        lines = []
+        for g, name in enumerate(("high", "medium", "low")):
+            off = s.get("offset", [np.nan] * 3)[g]
+            noi = s.get("noise", [np.nan] * 3)[g]
+            lines.append(f"{name:>6} gain: median offset {off:8.1f} ADU, median noise "
+                         f"{noi:6.2f} ADU, bad pixel-cells {int(s['bad'][g])}")
+        return lines
