@@ -108,7 +108,8 @@ def run(cfg: Config, comm: MPI.Comm) -> dict:
     recipe.start(plan.units_of(comm.rank))
     rejected, bytes_read, t_runs = {}, 0, []
     for ri in range(len(plan.runs)):
-        st = gather_run(comm, plan, ri, blocks, recipe.consume, driver, cfg.prefetch)
+        st = gather_run(comm, plan, ri, blocks, recipe.consume, driver, cfg.prefetch,
+                        show_progress=comm.rank == 0 and not cfg.quiet)
         recipe.end_run(ri)
         for (m, reason), v in st.rejected.items():
             rejected[(ri, m, reason)] = v
@@ -145,6 +146,8 @@ def run(cfg: Config, comm: MPI.Comm) -> dict:
                          attrs, ex)
             outputs.append(output_path(cfg, m))
     t_join = time.monotonic() - t1
+    if comm.rank == 0 and outputs and (cfg.plot or cfg.export):
+        _after_run(cfg, outputs)
     elapsed = time.monotonic() - t0
     rss = comm.gather(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, root=0)
     total_read = comm.reduce(bytes_read, root=0)
@@ -165,6 +168,22 @@ def run(cfg: Config, comm: MPI.Comm) -> dict:
         cfg.report.write_text(json.dumps(timing, indent=1) + "\n")
     return {"plan": plan, "summary": summary, "outputs": outputs, "elapsed": elapsed,
             "timing": timing, "recipe": recipe}
+
+
+def _after_run(cfg: Config, outputs: list) -> None:
+    """Pictures and pycalibration constants of the results, when asked for (rank 0)."""
+    base = cfg.output_dir / cfg.measurement
+    if cfg.plot:
+        from .plot import plot_results
+
+        files = plot_results(outputs, base / "plots")
+        log.info("pictures: %d PNG files in %s", len(files), base / "plots")
+    if cfg.export:
+        from .export import export_module
+
+        n = sum(len(export_module(p, base / "pycalibration", overwrite=cfg.overwrite))
+                for p in outputs)
+        log.info("pycalibration constants: %d files in %s", n, base / "pycalibration")
 
 
 def print_summary(cfg: Config, info: dict) -> None:

@@ -92,6 +92,8 @@ class Config:
     chunk_frames: int = 1024
     prefetch: bool = True
     report: Path | None = None
+    plot: bool = False
+    export: bool = False
     io_driver: str = "auto"
     offset_sigma: float = 5.0
     noise_sigma: float = 5.0
@@ -186,6 +188,12 @@ def build_parser(default_files: list[str] | None = None) -> configargparse.ArgPa
     g.add_argument(
         "--overwrite", action="store_true", help="replace existing results (default: refuse)"
     )
+    g.add_argument("--plot", action="store_true",
+                   help="after the run, write PNG maps and histograms to "
+                        "<output_dir>/<measurement>/plots (see calib-mpi plot --help)")
+    g.add_argument("--export", action="store_true",
+                   help="after the run, write pycalibration-layout constants to "
+                        "<output_dir>/<measurement>/pycalibration (see calib-mpi export --help)")
     g.add_argument(
         "--dry_run",
         "--dry-run",
@@ -352,6 +360,8 @@ def parse_config(argv: list[str]) -> Config:
         chunk_frames=ns.chunk_frames,
         prefetch=ns.prefetch,
         report=Path(ns.report) if ns.report else None,
+        plot=ns.plot,
+        export=ns.export,
         io_driver=ns.io_driver,
         offset_sigma=ns.offset_sigma,
         noise_sigma=ns.noise_sigma,

@@ -25,9 +25,11 @@ from .geometry import AsicBlock
 from .parallel import open_h5
 from .plan import Plan, Slab
 from .process.kernels import group_by_cell
+from .progress import Progress
 from .readers.xfel import CELL_RANGE, FileIndex, read_slab
 
 log = logging.getLogger(__name__)
+FRAME_BYTES = 2 * 512 * 128 * 2
 
 #: consume(unit, run_index, frames, r0, c0, cells, trains, group); see :func:`gather_run`
 Consumer = Callable[..., None]
@@ -170,7 +172,8 @@ class _Reader:
 
 
 def gather_run(comm: MPI.Comm, plan: Plan, run_index: int, blocks: list[AsicBlock],
-               consume: Consumer, driver: str, prefetch: bool = True) -> GatherStats:
+               consume: Consumer, driver: str, prefetch: bool = True,
+               show_progress: bool = False) -> GatherStats:
     """Stream one run to the ASIC owners.
 
     ``consume(unit, run_index, frames, r0, c0, cells, trains, group)`` receives, for each
@@ -185,7 +188,11 @@ def gather_run(comm: MPI.Comm, plan: Plan, run_index: int, blocks: list[AsicBloc
     rejected: dict = {}
     files = _Files(plan, run_index, driver, comm)
     reader = _Reader(plan, run_index, files, rank, prefetch)
-    t0, last_log = time.monotonic(), time.monotonic()
+    t0 = time.monotonic()
+    total = sum(sl.n_frames for rnd in rounds for sl in rnd if sl is not None) * FRAME_BYTES
+    n_trains = sum(plan.trains_used[(run_index, m)] for m in plan.modules)
+    progress = Progress(f"run {plan.runs[run_index]}", total, n_trains, show_progress)
+    done = 0
     prof = dict.fromkeys(("read wait", "alltoall", "pack", "Alltoallv", "process"), 0.0)
     try:
         for k, rnd in enumerate(rounds):
@@ -263,12 +270,9 @@ def gather_run(comm: MPI.Comm, plan: Plan, run_index: int, blocks: list[AsicBloc
                     consume(u, run_index, view, 0, 0, c_s, t_s, group)
                     off += n_s * block_elems
             prof["process"] += time.monotonic() - tw
-            now = time.monotonic()
-            if rank == 0 and (now - last_log > 5 or k == len(rounds) - 1):
-                rate = reader.bytes * size / max(now - t0, 1e-9) / 1e9
-                log.info("run %s: round %d/%d, ~%.2f GB/s read (all ranks, estimated)",
-                         plan.runs[run_index], k + 1, len(rounds), rate)
-                last_log = now
+            done += sum(sl.n_frames for sl in rnd if sl is not None) * FRAME_BYTES
+            progress.update(done)
+        progress.close()
     finally:
         reader.close()
         files.close()

@@ -36,8 +36,8 @@ fi
 vpy="$venv/bin/python"
 pipq() { "$vpy" -m pip install -q --disable-pip-version-check "$@"; }
 
-base_pkgs=(mpi4py numpy scipy configargparse cython pkgconfig packaging 'setuptools>=77.0.1' wheel pytest ruff numba matplotlib)
-if ! "$vpy" -c 'import mpi4py, numpy, scipy, configargparse, pytest, numba, matplotlib' 2>/dev/null; then
+base_pkgs=(mpi4py numpy scipy configargparse cython pkgconfig packaging 'setuptools>=77.0.1' wheel pytest ruff numba matplotlib tqdm)
+if ! "$vpy" -c 'import mpi4py, numpy, scipy, configargparse, pytest, numba, matplotlib, tqdm' 2>/dev/null; then
   say "installing Python packages: ${base_pkgs[*]}"
   pipq --only-binary=mpi4py,numpy,scipy,numba "${base_pkgs[@]}"
 else

@@ -145,3 +145,26 @@ def test_lost_trains_and_metadata(runs_by_ranks, dark_set):
         assert f["metadata/trains_used"][()].tolist() == [17, 17, 17]
         dropped = json.loads(f.attrs["dropped"])
         assert dropped["9001"] == {"no frames in this module (trains)": 2}
+
+
+def test_progress_report_pictures_and_export_after_run(dark_set, tmp_path):
+    out = tmp_path / "out"
+    conf = dark_set.config(tmp_path / "run.conf", out)
+    report = tmp_path / "report.json"
+    r = run_mpi(2, [conf, "--plot", "--export", "--report", report])
+    assert r.returncode == 0, r.output
+    # progress: one line per run with trains/s and GB/s (log lines: not a terminal)
+    for run in dark_set.params.runs:
+        assert f"run {run}: {17 + 20} trains" in r.stderr
+    assert "trains/s" in r.stderr and "GB/s" in r.stderr
+    rep = json.loads(report.read_text())
+    assert rep["n_ranks"] == 2 and len(rep["peak_rss_bytes_per_rank"]) == 2
+    assert rep["bytes_read"] > 0 and rep["seconds_total"] > 0
+    pngs = list((out / "dark" / "plots").glob("*.png"))
+    assert len(pngs) >= 4 and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+    exported = sorted((out / "dark" / "pycalibration").glob("Offset_AGIPD00_*.h5"))
+    assert len(exported) == 1
+    with h5py.File(exported[0]) as e, h5py.File(out / "dark" / "dark_AGIPD00_xfel.h5") as f:
+        name = next(iter(e))
+        data = e[f"{name}/Offset/0/data"][()]
+        assert np.array_equal(data, f["offset"][()].transpose(3, 2, 1, 0))
