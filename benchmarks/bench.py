@@ -41,6 +41,8 @@ def make_set(root: Path, n_trains: int, n_cells: int, modules: tuple[int, ...]) 
     """Write (or reuse) a synthetic dark run set; returns its config file."""
     p = DarkRunSet(modules=modules, n_cells=n_cells, n_trains=n_trains,
                    n_sequences=max(1, n_trains // 16), fast_noise=True, defects=False,
+                   # 16 trains per sequence file: with 64 cells every slab is a full
+                   # 1024-frame chunk for N and 4N trains alike
                    lost_trains={}, chunk_frames=32, padding_frames=0)
     raw = root / "raw"
     stamp = root / "params.json"
@@ -134,7 +136,8 @@ def processor_rates(n_cells: int, quick: bool) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--trains", type=int, default=24, help="trains of the small set (N)")
+    ap.add_argument("--trains", type=int, default=32,
+                    help="trains of the small set (N; a multiple of 16)")
     ap.add_argument("--cells", type=int, default=64)
     ap.add_argument("--modules", type=int, nargs="+", default=[0])
     ap.add_argument("--ranks", type=int, nargs="+", default=[1, 2, 4])

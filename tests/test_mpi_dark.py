@@ -168,3 +168,16 @@ def test_progress_report_pictures_and_export_after_run(dark_set, tmp_path):
         name = next(iter(e))
         data = e[f"{name}/Offset/0/data"][()]
         assert np.array_equal(data, f["offset"][()].transpose(3, 2, 1, 0))
+
+
+def test_serial_hdf5_driver_gives_identical_results(runs_by_ranks, dark_set, tmp_path):
+    """One rank with plain (posix) HDF5 I/O, and without the prefetch thread, writes the same
+    constants as the mpio runs."""
+    out = tmp_path / "out"
+    conf = dark_set.config(tmp_path / "run.conf", out)
+    r = run_mpi(1, [conf, "--io_driver", "posix", "--no_prefetch", "--chunk_frames", "7"])
+    assert r.returncode == 0, r.output
+    for m in (0, 1):
+        a, b = _load(runs_by_ranks[1], m), _load(out, m)
+        for k in DATASETS:
+            assert np.array_equal(a[k], b[k], equal_nan=True), (m, k)
