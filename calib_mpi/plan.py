@@ -92,14 +92,16 @@ class Plan:
                 )
         for r, units in enumerate(self.owners):
             desc = ", ".join(
-                f"M{m}:{_ranges([u.block for u in units if u.module == m])}"
+                f"M{m}:{format_ranges([u.block for u in units if u.module == m])}"
                 for m in sorted({u.module for u in units})
             )
             lines.append(f"rank {r}: ASIC blocks {desc or 'none'}")
         return "\n".join(lines)
 
 
-def _ranges(xs: list[int]) -> str:
+def format_ranges(xs) -> str:
+    """Compact text of integers: ``[0, 1, 2, 5, 7, 8]`` -> ``"0-2,5,7-8"``."""
+    xs = sorted(int(x) for x in xs)
     out, i = [], 0
     while i < len(xs):
         j = i

@@ -25,7 +25,7 @@ from .config import Config
 from .errors import CalibError, DataError, OutputError
 from .join import tmp_name
 from .parallel import agree
-from .plan import Plan, build_plan
+from .plan import Plan, build_plan, format_ranges
 from .readers.xfel import module_files, scan_file
 
 log = logging.getLogger(__name__)
@@ -135,18 +135,6 @@ def check_outputs(cfg: Config, listing: dict) -> tuple[list[int], list[str]]:
     return todo, notes
 
 
-def _ranges(xs) -> str:
-    xs = sorted(int(x) for x in xs)
-    out, i = [], 0
-    while i < len(xs):
-        j = i
-        while j + 1 < len(xs) and xs[j + 1] == xs[j] + 1:
-            j += 1
-        out.append(f"{xs[i]}" if i == j else f"{xs[i]}-{xs[j]}")
-        i = j + 1
-    return ",".join(out)
-
-
 def plan_record(plan: Plan, cfg: Config, missing: dict, notes: list[str]) -> dict:
     """The preprocess record: what was found in the files and what was left out, and why."""
     rec: dict = {"calib_mpi_version": __version__,
@@ -179,13 +167,13 @@ def plan_record(plan: Plan, cfg: Config, missing: dict, notes: list[str]) -> dic
                 "trains_with_data": int(len(ids)),
                 "first_train": int(ids[0]) if len(ids) else None,
                 "last_train": int(ids[-1]) if len(ids) else None,
-                "lost_trains": {"count": int(len(lost)), "ids": _ranges(lost[:1000])},
+                "lost_trains": {"count": int(len(lost)), "ids": format_ranges(lost[:1000])},
                 "left_out": plan.dropped[(ri, m)],
-                "left_out_train_ids": {k: _ranges(v[:1000]) for k, v in rejected.items()},
+                "left_out_train_ids": {k: format_ranges(v[:1000]) for k, v in rejected.items()},
             }
         rec["runs"].append({
             "run": run,
-            "cells_in_use": _ranges(np.nonzero(present)[0]),
+            "cells_in_use": format_ranges(np.nonzero(present)[0]),
             "trains": {"count": int(len(axis)),
                        "first": int(axis[0]) if len(axis) else None,
                        "last": int(axis[-1]) if len(axis) else None},
