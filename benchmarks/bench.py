@@ -30,6 +30,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from calib_mpi.mpienv import clean_environ
 from calib_mpi.synthetic.xfel import DarkRunSet, write_config, write_dark_runs
 
 HERE = Path(__file__).resolve().parent
@@ -79,7 +80,7 @@ def run_pipeline(conf: Path, ranks: int, report: Path, extra: list[str]) -> dict
     cmd = ["mpirun", "-n", str(ranks), str(Path(sys.executable).parent / "calib-mpi"),
            str(conf), "--overwrite", "-q", "--report", str(report), *extra]
     t0 = time.perf_counter()
-    p = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, **MPI_ENV),
+    p = subprocess.run(cmd, capture_output=True, text=True, env=clean_environ(MPI_ENV),
                        timeout=3600)
     wall = time.perf_counter() - t0
     if p.returncode != 0:

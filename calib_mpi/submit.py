@@ -27,6 +27,7 @@ import configargparse
 from . import __version__
 from .config import facility_dir, parse_config
 from .errors import CalibError
+from .mpienv import clean_environ
 
 PROG = "calib-mpi-submit"
 LAUNCHERS = ("mpirun", "srun")
@@ -213,11 +214,8 @@ def submit(script: Path, timeout: float = SBATCH_TIMEOUT) -> str:
     if sbatch is None:
         raise SubmitError("sbatch not found on PATH: run this on a SLURM login node (or load "
                           f"the slurm module); --dry-run prints the script. It is in {script}")
-    # sbatch exports this environment to the job: leave out the MPI/PMIx variables of any MPI
-    # runtime around this process, which would make the job's mpirun fail silently
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("OMPI_COMM_WORLD", "OMPI_MCA_orte", "OMPI_MCA_ess", "PMIX_",
-                                "PMI_", "OMPI_FILE_LOCATION", "OMPI_UNIVERSE_SIZE"))}
+    # sbatch exports this environment to the job: no MPI runtime variables (see mpienv)
+    env = clean_environ()
     try:
         p = subprocess.run([sbatch, "--parsable", str(script)], capture_output=True, text=True,
                            timeout=timeout, env=env)

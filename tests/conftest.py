@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from calib_mpi.mpienv import clean_environ
 from calib_mpi.synthetic.xfel import DarkRunSet, write_config, write_dark_runs
 
 VENV_BIN = Path(sys.executable).parent
@@ -35,7 +36,7 @@ class MPIResult:
 def run_mpi(n: int, args: list[str], timeout: float = 120, env: dict | None = None
             ) -> MPIResult:
     """Run ``mpirun -n n calib-mpi args`` in a subprocess; a hang fails the test."""
-    full_env = dict(os.environ, **MPI_ENV, **(env or {}))
+    full_env = clean_environ({**MPI_ENV, **(env or {})})
     cmd = ["mpirun", "-n", str(n), str(VENV_BIN / "calib-mpi"), *map(str, args)]
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env,

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from calib_mpi.mpienv import clean_environ
+
 pytestmark = pytest.mark.mpi
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench.py"
@@ -16,7 +18,7 @@ def test_bench_quick(tmp_path):
     out = tmp_path / "bench.json"
     p = subprocess.run([sys.executable, str(BENCH), "--quick", "--trains", "3", "--cells", "4",
                         "--ranks", "1", "2", "--dir", str(tmp_path), "--json", str(out)],
-                       capture_output=True, text=True, timeout=300)
+                       capture_output=True, text=True, timeout=300, env=clean_environ())
     assert p.returncode == 0, p.stdout + p.stderr
     assert "e2e/read" in p.stdout and "gather/read" in p.stdout
     res = json.loads(out.read_text())
