@@ -26,8 +26,8 @@ from mpi4py import MPI
 from . import __version__
 from .config import Config, parse_config
 from .errors import CalibError
+from .facilities import facility
 from .gather import gather_run
-from .geometry import XFEL_FRAME, asic_blocks
 from .join import write_module
 from .parallel import resolve_driver
 from .preprocess import format_record, make_plan, output_path, record_path, write_record
@@ -103,7 +103,8 @@ def run(cfg: Config, comm: MPI.Comm) -> dict:
         return {"plan": plan, "record": record}
     t_scan = time.monotonic() - t0
     t_gather0 = time.monotonic()
-    blocks = asic_blocks(XFEL_FRAME)
+    fac = facility(cfg.facility)
+    blocks = fac.blocks()
     recipe = RECIPES[cfg.measurement](cfg, plan)
     recipe.start(plan.units_of(comm.rank))
     rejected, bytes_read, t_runs = {}, 0, []
@@ -137,11 +138,15 @@ def run(cfg: Config, comm: MPI.Comm) -> dict:
                 "dropped": json.dumps({str(plan.runs[ri]): plan.dropped[(ri, m)]
                                        for ri in range(len(plan.runs))}),
             })
+            if cfg.facility == "cfel":
+                attrs.update({"module_serial": cfg.module_serial, "position": cfg.position,
+                              "temperature": cfg.temperature,
+                              "run_names": list(cfg.run_names)})
             ex = dict(extra[m])
             ex["metadata/runs"] = np.array(plan.runs)
             ex["metadata/trains_used"] = attrs["trains_used"]
             write_module(comm, plan, m, output_path(cfg, m), driver,
-                         asic_blocks(XFEL_FRAME, m), XFEL_FRAME, recipe.specs,
+                         fac.blocks(m), fac.frame_shape, fac.specs(recipe.specs),
                          {u: results[u] for u in plan.units_in_module(comm.rank, m)},
                          attrs, ex)
             outputs.append(output_path(cfg, m))
@@ -189,13 +194,16 @@ def _after_run(cfg: Config, outputs: list) -> None:
 def print_summary(cfg: Config, info: dict) -> None:
     """Short human-readable report of a finished run (rank 0)."""
     plan = info["plan"]
+    names = ([f"{cfg.module_serial} (CFEL lab)"] if cfg.facility == "cfel"
+             else [str(m) for m in plan.modules])
     print(f"calib-mpi {__version__}: {cfg.measurement} calibration of module(s) "
-          f"{', '.join(str(m) for m in plan.modules)} — {plan.n_cells} cells, "
+          f"{', '.join(names)} — {plan.n_cells} cells, "
           f"{plan.n_ranks} rank(s), {info['elapsed']:.1f} s")
     for m in plan.modules:
         used = ", ".join(f"run {r}: {plan.trains_used[(ri, m)]}"
                          for ri, r in enumerate(plan.runs))
-        print(f"  module {m:2d}  trains used: {used}")
+        name = cfg.module_serial if cfg.facility == "cfel" else f"{m:2d}"
+        print(f"  module {name}  trains used: {used}")
         for line in info["recipe"].describe(m, info["summary"].get(m, {})):
             print(f"     {line}")
     for p in info["outputs"]:

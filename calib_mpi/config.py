@@ -21,11 +21,17 @@ FACILITIES = ("xfel", "cfel")
 #: measurement -> (number of runs it needs or None, what the runs are); one entry per recipe in
 #: calib_mpi.recipes (kept here so that parsing a config never imports MPI: a process that
 #: initialised MPI passes its MPI environment on to the jobs it submits)
-RUNS_NEEDED = {"dark": (3, "high, medium, low gain")}
+RUNS_NEEDED = {
+    "dark": (3, "high, medium, low gain"),
+    "drspc": (8, "row groups r1..r8"),
+    "xray": (1, "fluorescence run"),
+}
 MEASUREMENTS = tuple(RUNS_NEEDED)
 ALL_STEPS = ("preprocess", "gather", "process", "join")
 ENV_PREFIX = "CALIB_MPI_"
 NUMBER_WORDS = {1: "one", 2: "two", 3: "three", 4: "four", 8: "eight"}
+#: fluorescence target -> K-alpha photon energy (keV), for ``photon_energy = 0``
+K_ALPHA_KEV = {"Cu": 8.04, "Mo": 17.44}
 
 
 def facility_dir() -> Path:
@@ -69,6 +75,18 @@ def parse_word_list(values: list[str] | str | None) -> list[str]:
     return [t for item in values for t in re.split(r"[\s,\[\]]+", str(item)) if t]
 
 
+def _floats(values: list[str] | str, key: str, n: int) -> tuple[float, ...]:
+    """Exactly ``n`` numbers from config/CLI values (whitespace or comma separated)."""
+    words = parse_word_list(values)
+    try:
+        out = tuple(float(v) for v in words)
+    except ValueError:
+        out = ()
+    if len(out) != n:
+        raise ConfigError(f"{key}: {' '.join(words)} — expected {n} numbers")
+    return out
+
+
 @dataclass(frozen=True)
 class Config:
     """Resolved, validated configuration of one calib-mpi job."""
@@ -89,6 +107,14 @@ class Config:
     interleaved: bool = False
     max_train_gap: int = 1000
     missing_modules: str = "error"
+    #: CFEL lab files (facility = cfel; None for xfel), see facility_specifics/cfel.conf
+    module_serial: str | None = None
+    temperature: str | None = None
+    position: str | None = None
+    spec: str | None = None
+    current: str | None = None
+    subdir: str | None = None
+    run_names: tuple[str, ...] | None = None
     chunk_frames: int = 1024
     prefetch: bool = True
     report: Path | None = None
@@ -100,6 +126,15 @@ class Config:
     offset_hard: tuple[float, float] = (0.0, 16383.0)
     noise_hard: tuple[float, float] = (0.1, 500.0)
     gain_separation_sigma: float = 3.0
+    drspc_windows: tuple[int, int, int, int] = (42, 122, 402, 552)
+    drspc_residual_limits: tuple[float, float] = (50.0, 50.0)
+    drspc_slope_limits: tuple[float, float, float, float] = (4.0, 100.0, 0.12, 3.0)
+    xray_target: str = "Cu"
+    photon_energy: float = 0.0
+    xray_bins: int = 512
+    xray_origin_trains: int = 64
+    xray_origin_margin: int = 64
+    xray_deviation_sigma: float = 5.0
     dry_run: bool = False
     verbose: int = 0
     quiet: bool = False
@@ -150,13 +185,15 @@ def build_parser(default_files: list[str] | None = None) -> configargparse.ArgPa
         "--measurement", choices=MEASUREMENTS, default="dark", help="kind of calibration run set"
     )
     g.add_argument(
-        "--input_dir", "--input-dir", help="XFEL: directory holding the run folders rNNNN/"
+        "--input_dir", "--input-dir",
+        help="XFEL: directory holding the run folders rNNNN/; CFEL: holding <temperature>/",
     )
     g.add_argument(
         "--runs",
         "--run",
         nargs="+",
-        help="run numbers; dark: exactly three, in the order high, medium, low gain",
+        help="run numbers; dark: exactly three, in the order high, medium, low gain; drspc: "
+        "exactly eight, in the order r1..r8 (run k injects chip rows k mod 8); xray: one",
     )
     g.add_argument("--modules", "--module", nargs="+", help="module numbers, e.g. '0 3' or '0-15'")
     g.add_argument("--detector", help="XFEL detector source prefix, e.g. SPB_DET_AGIPD1M-1")
@@ -165,7 +202,8 @@ def build_parser(default_files: list[str] | None = None) -> configargparse.ArgPa
         "--n-cells",
         type=int,
         default=0,
-        help="number of memory cells of the constants (0: max(cellId)+1 of all files)",
+        help="number of memory cells of the constants (0: max(cellId)+1 of all files); CFEL: "
+        "memory cells per train, a train is 2 x n_cells frames (facility default 352)",
     )
     g.add_argument("--interleaved", action="store_true",
                    help="2017 XFEL mode: analog and digital as separate frames in data[:, 0] "
@@ -219,6 +257,19 @@ def build_parser(default_files: list[str] | None = None) -> configargparse.ArgPa
         default="{detector}/DET/{module}CH0:xtdf",
         help="detector source name",
     )
+    g = p.add_argument_group("CFEL lab files (facility = cfel)")
+    g.add_argument("--module_serial", "--module-serial",
+                   help="module serial as in the file names, e.g. M304 (names the output file)")
+    g.add_argument("--temperature", help="temperature directory in input_dir, e.g. "
+                   "temperature_m20C")
+    g.add_argument("--position", help="slot in the lab stand as in the file names, e.g. m2")
+    g.add_argument("--spec", help="file-name word after the measurement, e.g. tint150ns (dark "
+                   "integration time); leave out when the names have none")
+    g.add_argument("--current", help="drscs only: current sub-directory, e.g. itestc150")
+    g.add_argument("--subdir", help="optional sub-directory below <measurement>/, e.g. burst")
+    g.add_argument("--run_names", "--run-names", nargs="+",
+                   help="run names in the file names, in order; dark: high, medium, low gain "
+                   "(default hg mg lg); run numbers come from runs or from the file names")
     g = p.add_argument_group("performance")
     g.add_argument(
         "--chunk_frames",
@@ -282,6 +333,75 @@ def build_parser(default_files: list[str] | None = None) -> configargparse.ArgPa
         default=3.0,
         help="minimum (gl[g+1]-gl[g])/(sd[g]+sd[g+1]) between gain levels",
     )
+    g = p.add_argument_group("pulsed capacitor (drspc)")
+    g.add_argument(
+        "--drspc_windows",
+        "--drspc-windows",
+        nargs="+",
+        default=[42, 122, 402, 552],
+        help="fit windows [t0, t1) of high and medium gain: t0 t1 t0 t1, in train steps "
+        "(train ID minus the run's first train ID)",
+    )
+    g.add_argument(
+        "--drspc_residual_limits",
+        "--drspc-residual-limits",
+        nargs="+",
+        default=[50.0, 50.0],
+        help="largest residual RMS of the high and medium gain fits (ADU)",
+    )
+    g.add_argument(
+        "--drspc_slope_limits",
+        "--drspc-slope-limits",
+        nargs="+",
+        default=[4.0, 100.0, 0.12, 3.0],
+        help="accepted slopes [low, high] of the high and medium gain fits (ADU per train step)",
+    )
+    g = p.add_argument_group("fluorescence (xray)")
+    g.add_argument(
+        "--xray_target",
+        "--xray-target",
+        choices=tuple(K_ALPHA_KEV),
+        default="Cu",
+        help="fluorescence target; sets the photon energy (K-alpha: Cu 8.04, Mo 17.44 keV)",
+    )
+    g.add_argument(
+        "--photon_energy",
+        "--photon-energy",
+        type=float,
+        default=0.0,
+        help="photon energy in keV for gain_adu_per_kev (0: K-alpha of xray_target)",
+    )
+    g.add_argument(
+        "--xray_bins",
+        "--xray-bins",
+        type=int,
+        default=512,
+        help="1-ADU histogram bins per (cell, pixel), from the histogram origin upwards; "
+        "memory per ASIC is cells x 4096 x bins x 4 bytes",
+    )
+    g.add_argument(
+        "--xray_origin_trains",
+        "--xray-origin-trains",
+        type=int,
+        default=64,
+        help="the histogram origin of each (cell, pixel) is the lower quartile of its values "
+        "in the module's first this many trains with data, minus xray_origin_margin",
+    )
+    g.add_argument(
+        "--xray_origin_margin",
+        "--xray-origin-margin",
+        type=int,
+        default=64,
+        help="ADU kept below the lower quartile for the histogram origin",
+    )
+    g.add_argument(
+        "--xray_deviation_sigma",
+        "--xray-deviation-sigma",
+        type=float,
+        default=5.0,
+        help="flag photon spacings further than this many robust sigmas from the ASIC's "
+        "median per cell (FF_GAIN_DEVIATION)",
+    )
     g = p.add_argument_group("messages")
     g.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     g.add_argument("-q", "--quiet", action="store_true", help="errors only")
@@ -300,6 +420,52 @@ def _facility_file(argv: list[str]) -> str:
     return str(path)
 
 
+#: facility = cfel: default run names per measurement, in the order that gives their meaning
+CFEL_RUN_NAMES = {"dark": ("hg", "mg", "lg")}
+_NAME_WORD = re.compile(r"[A-Za-z0-9_.+-]+")
+
+
+def _cfel_settings(ns, runs: tuple[int, ...], modules: tuple[int, ...]
+                   ) -> tuple[tuple[int, ...], tuple[int, ...], dict]:
+    """Check the CFEL lab keys; returns runs, modules and the Config fields of the lab files."""
+    if ns.measurement not in CFEL_RUN_NAMES:
+        raise ConfigError(f"measurement: {ns.measurement!r} is not supported for facility cfel "
+                          f"yet (supported: {', '.join(CFEL_RUN_NAMES)})")
+    for key in ("plot", "export"):
+        if getattr(ns, key):
+            raise ConfigError(f"{key}: pictures and pycalibration constants are made for "
+                              "European XFEL modules only; leave it out for facility cfel")
+    words = {}
+    for key in ("module_serial", "temperature", "position", "spec", "current", "subdir"):
+        v = getattr(ns, key)
+        if v is not None and not _NAME_WORD.fullmatch(str(v)):
+            raise ConfigError(f"{key}: {v!r} — expected one directory or file-name word "
+                              "(letters, digits, _ . + -)")
+        words[key] = str(v) if v else None
+    if words["current"] and ns.measurement != "drscs":
+        raise ConfigError(f"current: {words['current']!r} — only drscs runs sit in a current "
+                          f"sub-directory; leave it out for measurement {ns.measurement}")
+    if len(modules) > 1:
+        raise ConfigError(f"modules: {list(modules)} — facility cfel calibrates one module per "
+                          "job (named by module_serial); give one number or none")
+    names = tuple(parse_word_list(ns.run_names)) or CFEL_RUN_NAMES[ns.measurement]
+    n_runs, meaning = RUNS_NEEDED[ns.measurement]
+    if n_runs is not None and len(names) != n_runs:
+        raise ConfigError(
+            f"run_names: {ns.measurement} needs exactly {NUMBER_WORDS.get(n_runs, n_runs)} "
+            f"run name(s) ({meaning}), got {len(names)}: {list(names)}")
+    bad = [n for n in names if not _NAME_WORD.fullmatch(n)]
+    if bad or len(set(names)) != len(names):
+        raise ConfigError(f"run_names: {list(names)} — expected distinct file-name words")
+    if runs and len(runs) != len(names):
+        raise ConfigError(f"runs: {list(runs)} — facility cfel needs one run number per run "
+                          f"name ({' '.join(names)}), or none to find them from the file names")
+    if not 1 <= ns.n_cells <= 352:
+        raise ConfigError(f"n_cells: {ns.n_cells} — facility cfel needs the memory cells per "
+                          "train, 1..352 (352 in burst mode; facility default 352)")
+    return runs, modules or (0,), dict(words, run_names=names)
+
+
 def parse_config(argv: list[str]) -> Config:
     """Parse and validate the configuration; raises :class:`ConfigError` with the key at fault."""
     fac_file = _facility_file(argv)
@@ -313,7 +479,10 @@ def parse_config(argv: list[str]) -> Config:
     if ns.config and not Path(ns.config).is_file():
         raise ConfigError(f"config file {ns.config} does not exist")
 
-    missing = [k for k in ("input_dir", "runs", "modules", "output_dir") if not getattr(ns, k)]
+    required = ("input_dir", "runs", "modules", "output_dir")
+    if ns.facility == "cfel":
+        required = ("input_dir", "output_dir", "module_serial", "temperature", "position")
+    missing = [k for k in required if not getattr(ns, k)]
     if missing:
         raise ConfigError(
             "missing required setting(s): "
@@ -331,15 +500,30 @@ def parse_config(argv: list[str]) -> Config:
     if bad:
         raise ConfigError(f"steps: unknown step(s) {bad}; expected a subset of {ALL_STEPS}")
     n_runs, meaning = RUNS_NEEDED[ns.measurement]
-    if n_runs is not None and len(runs) != n_runs:
+    if ns.facility == "xfel" and n_runs is not None and len(runs) != n_runs:
         raise ConfigError(
             f"runs: {ns.measurement} needs exactly {NUMBER_WORDS.get(n_runs, n_runs)} run(s) "
             f"({meaning}), got {len(runs)}: {list(runs)}"
         )
     if ns.chunk_frames < 1:
         raise ConfigError("chunk_frames must be at least 1")
-    if ns.facility != "xfel":
-        raise ConfigError(f"facility {ns.facility!r} is not supported yet (only 'xfel')")
+    w = tuple(int(v) for v in _floats(ns.drspc_windows, "drspc_windows", 4))
+    if w != _floats(ns.drspc_windows, "drspc_windows", 4) or w[0] >= w[1] or w[2] >= w[3]:
+        raise ConfigError(f"drspc_windows: {w} — expected four integer train steps t0 t1 t0 t1 "
+                          "(high, medium gain) with t0 < t1")
+    residual = _floats(ns.drspc_residual_limits, "drspc_residual_limits", 2)
+    sl = _floats(ns.drspc_slope_limits, "drspc_slope_limits", 4)
+    if sl[0] >= sl[1] or sl[2] >= sl[3]:
+        raise ConfigError(f"drspc_slope_limits: {sl} — expected low < high for both gains")
+    if ns.xray_bins < 16:
+        raise ConfigError(f"xray_bins: {ns.xray_bins} — at least 16 bins are needed")
+    if ns.xray_origin_trains < 1:
+        raise ConfigError("xray_origin_trains must be at least 1")
+    if ns.photon_energy < 0:
+        raise ConfigError("photon_energy must be positive (or 0: from xray_target)")
+    cfel: dict = {}
+    if ns.facility == "cfel":
+        runs, modules, cfel = _cfel_settings(ns, runs, modules)
     return Config(
         facility=ns.facility,
         measurement=ns.measurement,
@@ -368,8 +552,18 @@ def parse_config(argv: list[str]) -> Config:
         offset_hard=tuple(ns.offset_hard),
         noise_hard=tuple(ns.noise_hard),
         gain_separation_sigma=ns.gain_separation_sigma,
+        drspc_windows=w,
+        drspc_residual_limits=residual,
+        drspc_slope_limits=sl,
+        xray_target=ns.xray_target,
+        photon_energy=ns.photon_energy or K_ALPHA_KEV[ns.xray_target],
+        xray_bins=ns.xray_bins,
+        xray_origin_trains=ns.xray_origin_trains,
+        xray_origin_margin=ns.xray_origin_margin,
+        xray_deviation_sigma=ns.xray_deviation_sigma,
         dry_run=ns.dry_run,
         verbose=ns.verbose,
         quiet=ns.quiet,
         config_file=ns.config,
+        **cfel,
     )

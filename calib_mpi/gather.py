@@ -6,6 +6,11 @@ to no used train, and sends each ASIC owner the ``(frame, 2, 64, 64)`` blocks of
 one ``Alltoallv``. The frame metadata (cell, train position) and any read error travel in one
 small ``alltoall`` first, so a failing read ends the job on every rank with the same message.
 Memory per rank is bounded by ``chunk_frames``, never by the run length.
+
+The same code serves CFEL lab runs: a slab is then a frame range of one part whose
+analog/digital pairs the lab reader returns as ``(pair, 2, 128, 512)`` frames (halves in
+another part are read through the same open handles), and the frame shape and ASIC blocks come
+from :mod:`calib_mpi.facilities`.
 """
 
 from __future__ import annotations
@@ -21,15 +26,16 @@ import numpy as np
 from mpi4py import MPI
 
 from .errors import CalibError
+from .facilities import facility
 from .geometry import AsicBlock
 from .parallel import open_h5
 from .plan import Plan, Slab
 from .process.kernels import group_by_cell
 from .progress import Progress
-from .readers.xfel import CELL_RANGE, FileIndex, read_slab
+from .readers import cfel
+from .readers.xfel import CELL_RANGE, FileIndex, add_counts, read_slab
 
 log = logging.getLogger(__name__)
-FRAME_BYTES = 2 * 512 * 128 * 2
 
 #: consume(unit, run_index, frames, r0, c0, cells, trains, group); see :func:`gather_run`
 Consumer = Callable[..., None]
@@ -68,11 +74,22 @@ class _Files:
             from .parallel import agree
             agree(comm, err)
 
-    def get(self, module: int, file_index: int, info: FileIndex):
+    def get(self, module: int, file_index: int, info: FileIndex | cfel.PartIndex):
         key = (module, file_index)
         if key not in self.handles:
             self.handles[key] = open_h5(info.path, "r", "posix", self.comm)
         return self.handles[key]
+
+    def opener(self, plan: Plan, run_index: int, module: int):
+        """CFEL: ``path -> open handle`` for the other parts of a run (pairs split across
+        parts), from the same handles."""
+        parts = plan.files[(run_index, module)]
+        index = {str(p.path): i for i, p in enumerate(parts)}
+
+        def open_part(path: str):
+            i = index[str(path)]
+            return self.get(module, i, parts[i])
+        return open_part
 
     def close(self) -> None:
         for h in self.handles.values():
@@ -80,8 +97,18 @@ class _Files:
         self.handles = {}
 
 
-def _read(f, info: FileIndex, slab: Slab, buf: np.ndarray, pair_buf: np.ndarray | None,
-          train_axis: np.ndarray, n_cells: int):
+def _read(f, info: FileIndex | cfel.PartIndex, slab: Slab, buf: np.ndarray,
+          pair_buf: np.ndarray | None, train_axis: np.ndarray, n_cells: int,
+          open_part: Callable | None = None):
+    """Read one slab: ``(frames, cells, trains, left_out)`` with ``left_out`` a count of
+    frames with cellId >= n_cells (XFEL) or ``{reason: frames}`` (CFEL)."""
+    if isinstance(info, cfel.PartIndex):
+        try:
+            return cfel.read_slab(f, info, slab.start, slab.stop, buf, pair_buf,
+                                  open_part=open_part)
+        except Exception as e:
+            raise CalibError(f"{info.path}: reading frames {slab.start}:{slab.stop} of "
+                             f"{cfel.DATA} failed ({e}); truncated or corrupt file?") from e
     try:
         return read_slab(f, info, slab.start, slab.stop, buf, pair_buf, train_axis, n_cells)
     except Exception as e:
@@ -126,13 +153,22 @@ class _Reader:
         rounds = plan.rounds[run_index]
         self.rounds = rounds
         max_n = max((s.n_frames for rnd in rounds for s in rnd if s is not None), default=0)
-        shape = (2, 512, 128)
-        inter = any(fi.interleaved for m in plan.modules for fi in plan.files[(run_index, m)])
+        fac = facility(plan.facility)
+        shape = fac.pair_shape
+        # CFEL frames are single analog or digital images, always paired by the reader
+        inter = fac.name == "cfel" or any(
+            fi.interleaved for m in plan.modules for fi in plan.files[(run_index, m)])
         n_sets = 2 if prefetch else 1
         fe = int(np.prod(shape))
+        re_ = fac.read_frame_elements
+        self.frame_bytes = fac.read_frame_bytes
         n = max(max_n, 1)
-        self.bufs = [(_buffer(f"read{i}", n * fe).reshape((-1,) + shape),
-                      _buffer(f"pair{i}", (n + 1) // 2 * fe).reshape((-1,) + shape)
+        # read buffers hold n raw frames; pair buffers (n + 1) // 2 (analog, digital) pairs
+        # (CFEL: plus a few pairs whose other half is in another part; the reader allocates
+        # a larger buffer itself in the rare case that is not enough)
+        n_pairs = (n + 1) // 2 + (8 if fac.name == "cfel" else 0)
+        self.bufs = [(_buffer(f"read{i}", -(-n * re_ // fe) * fe).reshape((-1,) + shape),
+                      _buffer(f"pair{i}", n_pairs * fe).reshape((-1,) + shape)
                       if inter else None)
                      for i in range(n_sets)]
         self.pool = ThreadPoolExecutor(max_workers=1) if prefetch else None
@@ -148,15 +184,17 @@ class _Reader:
             info = self.plan.files[(self.ri, slab.module)][slab.file_index]
             f = self.files.get(slab.module, slab.file_index, info)
             buf, pair_buf = self.bufs[k % len(self.bufs)]
+            opener = (self.files.opener(self.plan, self.ri, slab.module)
+                      if isinstance(info, cfel.PartIndex) else None)
             out = _read(f, info, slab, buf, pair_buf, self.plan.train_axis[self.ri],
-                        self.plan.n_cells)
-            self.bytes += slab.n_frames * buf[0].nbytes
+                        self.plan.n_cells, opener)
+            self.bytes += slab.n_frames * self.frame_bytes
             return out
         except Exception as e:  # reported to every rank by the caller
             return e
 
     def get(self, k: int):
-        """``(frames, cells, trains, n_beyond)`` of round k, an exception, or None."""
+        """``(frames, cells, trains, left_out)`` of round k, an exception, or None."""
         if self.pool is None:
             return self._read(k)
         result = self.pending.result() if self.pending is not None else self._read(k)
@@ -189,7 +227,8 @@ def gather_run(comm: MPI.Comm, plan: Plan, run_index: int, blocks: list[AsicBloc
     files = _Files(plan, run_index, driver, comm)
     reader = _Reader(plan, run_index, files, rank, prefetch)
     t0 = time.monotonic()
-    total = sum(sl.n_frames for rnd in rounds for sl in rnd if sl is not None) * FRAME_BYTES
+    frame_bytes = facility(plan.facility).read_frame_bytes
+    total = sum(sl.n_frames for rnd in rounds for sl in rnd if sl is not None) * frame_bytes
     n_trains = sum(plan.trains_used[(run_index, m)] for m in plan.modules)
     progress = Progress(f"run {plan.runs[run_index]}", total, n_trains, show_progress)
     done = 0
@@ -204,7 +243,11 @@ def gather_run(comm: MPI.Comm, plan: Plan, run_index: int, blocks: list[AsicBloc
             frames = cells = trains = None
             if got is not None and err is None:
                 frames, cells, trains, beyond = got
-                if beyond:
+                if isinstance(beyond, dict):  # CFEL: {reason: frames}, e.g. negative values
+                    for reason, v in add_counts({}, beyond).items():
+                        key = (slab.module, reason)
+                        rejected[key] = rejected.get(key, 0) + v
+                elif beyond:
                     key = (slab.module, CELL_RANGE)
                     rejected[key] = rejected.get(key, 0) + beyond
             msg = None if err is None else (str(err) if isinstance(err, CalibError)
@@ -270,7 +313,7 @@ def gather_run(comm: MPI.Comm, plan: Plan, run_index: int, blocks: list[AsicBloc
                     consume(u, run_index, view, 0, 0, c_s, t_s, group)
                     off += n_s * block_elems
             prof["process"] += time.monotonic() - tw
-            done += sum(sl.n_frames for sl in rnd if sl is not None) * FRAME_BYTES
+            done += sum(sl.n_frames for sl in rnd if sl is not None) * frame_bytes
             progress.update(done)
         progress.close()
     finally:

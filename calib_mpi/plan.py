@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .geometry import N_ASICS
+from .readers import cfel
 from .readers.xfel import DUP_TRAIN, ISOLATED, NON_MONOTONIC, FileIndex, add_counts
 
 #: memory-cell settings of European XFEL ("Memory cells" condition)
@@ -48,7 +49,8 @@ class Plan:
     modules: tuple[int, ...]
     n_cells: int
     n_ranks: int
-    #: (run_index, module) -> FileIndex of each sequence file, in sequence order
+    #: (run_index, module) -> FileIndex of each sequence file, in sequence order (CFEL:
+    #: PartIndex of each part, in part order)
     files: dict
     #: run_index -> sorted train IDs used in the run (union over modules)
     train_axis: dict
@@ -60,6 +62,9 @@ class Plan:
     trains_used: dict = field(default_factory=dict)
     #: (run_index, module) -> {reason: count} of trains/frames left out
     dropped: dict = field(default_factory=dict)
+    #: input layout (``calib_mpi.facilities``): ``xfel`` (FileIndex per sequence file, train
+    #: axis of train IDs) or ``cfel`` (PartIndex per part, train axis of train positions)
+    facility: str = "xfel"
 
     def units_of(self, rank: int) -> list[Unit]:
         return self.owners[rank]
@@ -79,8 +84,10 @@ class Plan:
         for ri, run in enumerate(self.runs):
             axis = self.train_axis[ri]
             span = f"{int(axis[0])}..{int(axis[-1])}" if len(axis) else "none"
+            what = "positions" if self.facility == "cfel" else "IDs"
             lines.append(
-                f"run {run}: {len(axis)} trains (IDs {span}), {len(self.rounds[ri])} read rounds"
+                f"run {run}: {len(axis)} trains ({what} {span}), {len(self.rounds[ri])} read "
+                "rounds"
             )
             for m in self.modules:
                 fl = self.files[(ri, m)]
@@ -273,3 +280,32 @@ def build_plan(runs: tuple[int, ...], modules: tuple[int, ...], files: dict, n_r
     return Plan(runs=tuple(runs), modules=tuple(modules), n_cells=n_cells, n_ranks=n_ranks,
                 files=files, train_axis=train_axis, owners=owners, rounds=rounds,
                 trains_used=trains_used, dropped=dropped)
+
+
+def build_plan_cfel(runs: tuple[int, ...], module: int, parts: dict, n_ranks: int,
+                    chunk_frames: int, n_cells: int) -> Plan:
+    """The :class:`Plan` of a CFEL lab run set (one module).
+
+    ``parts`` maps run_index to the linked :class:`~calib_mpi.readers.cfel.PartIndex` list of
+    the run (:func:`~calib_mpi.readers.cfel.index_run`). XFEL's train-ID cleaning does not
+    apply: the train axis of a run is ``0 .. n_trains - 1`` from the run's own
+    ``frame_numbers``, frames left out are the reader's counts
+    (:func:`~calib_mpi.readers.cfel.run_counts`), slabs are the reader's
+    (:func:`~calib_mpi.readers.cfel.make_slabs`, never splitting an analog/digital pair) and
+    ``trains_used`` is the number of trains with at least one usable pair.
+    """
+    owners = assign_units((module,), n_ranks)
+    files, train_axis, rounds, trains_used, dropped = {}, {}, {}, {}, {}
+    for ri in range(len(runs)):
+        pl = parts[ri]
+        files[(ri, module)] = pl
+        n_trains = pl[0].n_trains if pl else 0
+        train_axis[ri] = np.arange(n_trains, dtype=np.int64)
+        trains = [p.cells_trains()[1] for p in pl]
+        trains_used[(ri, module)] = int(len(np.unique(np.concatenate(trains)))) if pl else 0
+        dropped[(ri, module)] = cfel.run_counts(pl)
+        slabs = [Slab(ri, module, pi, s, t) for pi, s, t in cfel.make_slabs(pl, chunk_frames)]
+        rounds[ri] = assign_reads(slabs, owners)
+    return Plan(runs=tuple(runs), modules=(module,), n_cells=n_cells, n_ranks=n_ranks,
+                files=files, train_axis=train_axis, owners=owners, rounds=rounds,
+                trains_used=trains_used, dropped=dropped, facility="cfel")

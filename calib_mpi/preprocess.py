@@ -25,7 +25,8 @@ from .config import Config
 from .errors import CalibError, DataError, OutputError
 from .join import tmp_name
 from .parallel import agree
-from .plan import Plan, build_plan, format_ranges
+from .plan import Plan, build_plan, build_plan_cfel, format_ranges
+from .readers import cfel
 from .readers.xfel import module_files, scan_file
 
 log = logging.getLogger(__name__)
@@ -37,8 +38,11 @@ NON_SCIENCE_KEYS = {"overwrite", "dry_run", "verbose", "quiet", "steps", "io_dri
 
 
 def output_path(cfg: Config, module: int) -> Path:
-    """Final result file of ``module``: ``<output_dir>/<meas>/<meas>_AGIPD<MM>_<facility>.h5``."""
+    """Final result file of ``module``: ``<output_dir>/<meas>/<meas>_AGIPD<MM>_<facility>.h5``
+    (CFEL: ``<meas>_<module_serial>_cfel.h5``)."""
     m = cfg.measurement
+    if cfg.facility == "cfel":
+        return cfg.output_dir / m / f"{m}_{cfg.module_serial}_cfel.h5"
     return cfg.output_dir / m / f"{m}_AGIPD{module:02d}_{cfg.facility}.h5"
 
 
@@ -76,6 +80,27 @@ def list_files(cfg: Config, modules: tuple[int, ...]
             out[(ri, m)] = files
     out = {k: v for k, v in out.items() if k[1] not in missing}
     return out, missing
+
+
+def list_files_cfel(cfg: Config) -> tuple[dict[tuple[int, int], list[Path]], tuple[int, ...]]:
+    """CFEL: (run_index, module) -> parts of each run (in part order), and the run numbers.
+
+    Run numbers are ``runs`` when given, else found from the names of part 0 of each run name
+    (:func:`~calib_mpi.readers.cfel.find_run_number`). Missing or non-consecutive parts are a
+    :class:`DataError` naming the directory and the expected file pattern.
+    """
+    if not cfg.input_dir.is_dir():
+        raise DataError(f"input_dir {cfg.input_dir} does not exist or is not a directory")
+    where = dict(spec=cfg.spec, current=cfg.current, subdir=cfg.subdir)
+    names = cfg.run_names
+    runs = tuple(cfg.runs) or tuple(
+        cfel.find_run_number(cfg.input_dir, cfg.temperature, cfg.measurement,
+                             cfg.module_serial, cfg.position, name, **where) for name in names)
+    module = cfg.modules[0]
+    out = {(ri, module): cfel.run_files(cfg.input_dir, cfg.temperature, cfg.measurement,
+                                        cfg.module_serial, cfg.position, name, run, **where)
+           for ri, (name, run) in enumerate(zip(names, runs, strict=True))}
+    return out, runs
 
 
 def _file_stats(paths: list[Path]) -> list[dict]:
@@ -183,22 +208,126 @@ def plan_record(plan: Plan, cfg: Config, missing: dict, notes: list[str]) -> dic
     return rec
 
 
+def cfel_notes(cfg: Config, runs: tuple[int, ...], parts: dict) -> list[str]:
+    """Warnings about CFEL runs whose metadata does not fit the configuration."""
+    notes = []
+    two_c = 2 * cfg.n_cells
+    for ri, pl in parts.items():
+        where = f"run {cfg.run_names[ri]!r} ({runs[ri]})"
+        fn = pl[0].frame_numbers
+        if fn % two_c:
+            notes.append(f"{where}: frame_numbers = {fn} is not a multiple of 2 x n_cells = "
+                         f"{two_c}; the last train is incomplete (n_trains rounded up to "
+                         f"{pl[0].n_trains}); is n_cells = {cfg.n_cells} right?")
+        ends = [int((p.segments[:, 1] + p.segments[:, 2]).max()) for p in pl if len(p.segments)]
+        tail = fn - max(ends, default=0)
+        if tail >= two_c:
+            notes.append(f"{where}: the last {tail} of {fn} frames are missing from "
+                         f"{Path(pl[-1].path).name} (the last part); was a part after it "
+                         "deleted or not copied?")
+    return notes
+
+
+def plan_record_cfel(plan: Plan, cfg: Config, notes: list[str]) -> dict:
+    """The preprocess record of a CFEL run set (same layout as :func:`plan_record`; trains
+    are positions ``0 .. n_trains - 1`` in each run)."""
+    rec: dict = {"calib_mpi_version": __version__,
+                 "created": dt.datetime.now(dt.UTC).isoformat(),
+                 "input_dir": str(cfg.input_dir), "n_cells": plan.n_cells,
+                 "modules": list(plan.modules), "module_serial": cfg.module_serial,
+                 "modules_missing": {}, "notes": notes, "runs": []}
+    for ri, run in enumerate(plan.runs):
+        axis = plan.train_axis[ri]
+        mods = {}
+        for m in plan.modules:
+            pl = plan.files[(ri, m)]
+            ct = [p.cells_trains() for p in pl]
+            cells = np.unique(np.concatenate([c for c, _ in ct]))
+            trains = np.unique(np.concatenate([t for _, t in ct]))
+            lost = np.setdiff1d(axis, trains)
+            first = int(trains[0]) if len(trains) else None
+            last = int(trains[-1]) if len(trains) else None
+            mods[str(m)] = {
+                "module_serial": cfg.module_serial,
+                "sequences": len(pl),
+                "files": [Path(p.path).name for p in pl],
+                "frame_numbers": pl[0].frame_numbers,
+                "total_loss_frames_daq": pl[0].total_loss_frames,
+                "pairs": int(sum(p.n_pairs for p in pl)),
+                "cells_in_use": format_ranges(cells),
+                "trains_with_data": int(len(trains)),
+                "first_train": first,
+                "last_train": last,
+                "lost_trains": {"count": int(len(lost)), "ids": format_ranges(lost[:1000])},
+                "left_out": plan.dropped[(ri, m)],
+            }
+        rec["runs"].append({
+            "run": run,
+            "run_name": cfg.run_names[ri],
+            "cells_in_use": next(iter(mods.values()))["cells_in_use"],
+            "trains": {"count": int(len(axis)), "first": int(axis[0]) if len(axis) else None,
+                       "last": int(axis[-1]) if len(axis) else None},
+            "common_train_range": ([mods[str(plan.modules[0])]["first_train"],
+                                    mods[str(plan.modules[0])]["last_train"]]
+                                   if mods[str(plan.modules[0])]["first_train"] is not None
+                                   else None),
+            "modules": mods,
+        })
+    return rec
+
+
+def _combine_cfel(cfg: Config, runs: tuple[int, ...], listing: dict, merged: dict,
+                  todo: list[int], n_ranks: int, notes: list[str]) -> tuple[Plan, dict]:
+    """Rank 0, CFEL: link the scanned parts of each run and build plan and record."""
+    m = todo[0]
+    parts = {ri: cfel.link_parts([merged[((ri, mm), i)] for i in range(len(paths))])
+             for (ri, mm), paths in sorted(listing.items())}
+    notes = notes + cfel_notes(cfg, runs, parts)
+    plan = build_plan_cfel(runs, m, parts, n_ranks, cfg.chunk_frames, cfg.n_cells)
+    for ri, pl in parts.items():
+        if not sum(p.n_pairs for p in pl):
+            raise DataError(f"run {cfg.run_names[ri]!r} ({runs[ri]}): no usable (train, cell) "
+                            f"with both analog and digital frames in {len(pl)} part(s) "
+                            f"({pl[0].path} ...)")
+    return plan, plan_record_cfel(plan, cfg, notes)
+
+
+def _combine_xfel(cfg: Config, listing: dict, merged: dict, todo: list[int], n_ranks: int,
+                  missing: dict, notes: list[str]) -> tuple[Plan, dict]:
+    """Rank 0, XFEL: clean the scanned sequence files and build plan and record."""
+    files = {key: [merged[(key, i)] for i in range(len(paths))]
+             for key, paths in listing.items()}
+    plan = build_plan(cfg.runs, tuple(todo), files, n_ranks, cfg.chunk_frames, cfg.n_cells,
+                      cfg.max_train_gap)
+    for (ri, m), fl in files.items():
+        if not any(len(fi.train_ids) for fi in fl):
+            raise DataError(f"run {cfg.runs[ri]}, module {m}: no usable train in "
+                            f"{len(fl)} file(s) ({fl[0].path} ...)")
+    return plan, plan_record(plan, cfg, missing, notes)
+
+
 def make_plan(comm: MPI.Comm, cfg: Config) -> tuple[Plan | None, dict]:
     """Collective: scan the input files; returns the same plan and record on every rank.
 
     The plan is None when every module already has a complete identical result (resume).
     """
     listing, missing, todo, notes, err = None, None, None, None, None
+    is_cfel = cfg.facility == "cfel"
+    runs = cfg.runs
     if comm.rank == 0:
         try:
-            listing, missing = list_files(cfg, cfg.modules)
+            if is_cfel:
+                (listing, runs), missing = list_files_cfel(cfg), {}
+            else:
+                listing, missing = list_files(cfg, cfg.modules)
             todo, notes = check_outputs(cfg, listing)
         except CalibError as e:
             err = e
     err = comm.bcast(err, root=0)
     if err is not None:
         raise err
-    listing, missing, todo, notes = comm.bcast((listing, missing, todo, notes), root=0)
+    listing, missing, todo, notes, runs = comm.bcast((listing, missing, todo, notes, runs),
+                                                     root=0)
     if not todo:
         return None, {"notes": notes, "modules_missing": missing}
     listing = {k: v for k, v in listing.items() if k[1] in todo}
@@ -207,6 +336,9 @@ def make_plan(comm: MPI.Comm, cfg: Config) -> tuple[Plan | None, dict]:
     try:
         for j in range(comm.rank, len(jobs), comm.size):
             (ri, m), i, p = jobs[j]
+            if is_cfel:
+                mine[((ri, m), i)] = cfel.scan_part(p, cfg.n_cells)
+                continue
             source = cfg.source_pattern.format(detector=cfg.detector, module=m)
             mine[((ri, m), i)] = scan_file(p, source, cfg.runs[ri], m, cfg.interleaved)
     except Exception as e:
@@ -217,15 +349,12 @@ def make_plan(comm: MPI.Comm, cfg: Config) -> tuple[Plan | None, dict]:
     if comm.rank == 0:
         try:
             merged = {k: v for d in scans for k, v in d.items()}
-            files = {key: [merged[(key, i)] for i in range(len(paths))]
-                     for key, paths in listing.items()}
-            plan = build_plan(cfg.runs, tuple(todo), files, comm.size, cfg.chunk_frames,
-                              cfg.n_cells, cfg.max_train_gap)
-            for (ri, m), fl in files.items():
-                if not any(len(fi.train_ids) for fi in fl):
-                    raise DataError(f"run {cfg.runs[ri]}, module {m}: no usable train in "
-                                    f"{len(fl)} file(s) ({fl[0].path} ...)")
-            record = plan_record(plan, cfg, missing, notes)
+            if is_cfel:
+                plan, record = _combine_cfel(cfg, runs, listing, merged, todo, comm.size,
+                                             notes)
+            else:
+                plan, record = _combine_xfel(cfg, listing, merged, todo, comm.size, missing,
+                                             notes)
         except CalibError as e:
             err = e
     err = comm.bcast(err, root=0)

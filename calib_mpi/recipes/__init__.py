@@ -19,5 +19,7 @@ command line stay as they are.
 """
 
 from .dark import DarkRecipe
+from .drspc import DrspcRecipe
+from .xray import XrayRecipe
 
-RECIPES = {"dark": DarkRecipe}
+RECIPES = {"dark": DarkRecipe, "drspc": DrspcRecipe, "xray": XrayRecipe}

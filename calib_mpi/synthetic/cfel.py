@@ -252,6 +252,29 @@ def write_dark_runs(input_dir: Path | str, p: CfelDarkSet | None = None) -> Path
     return out / "truth_cfel.h5"
 
 
+def write_config(path: Path | str, input_dir: Path | str, out_dir: Path | str,
+                 p: CfelDarkSet | None = None, **extra) -> Path:
+    """Write a calib-mpi config file (``facility = cfel``) for the run set (``extra``: more
+    ``key = value`` lines). Run numbers are left to be found from the file names."""
+    p = p or CfelDarkSet()
+    lines = [
+        "# calib-mpi config for a synthetic CFEL lab dark run set",
+        "facility = cfel",
+        "measurement = dark",
+        f"input_dir = {Path(input_dir).resolve()}",
+        f"temperature = {p.temperature}",
+        f"module_serial = {p.module}",
+        f"position = {p.position}",
+    ] + ([f"spec = {p.spec}"] if p.spec else []) + [
+        f"run_names = {' '.join(p.run_names)}",
+        f"n_cells = {p.n_cells}",
+        f"output_dir = {Path(out_dir).resolve()}",
+    ] + [f"{k} = {v}" for k, v in extra.items()]
+    path = Path(path)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 def main(argv: list[str] | None = None) -> None:
     """Command line: ``python -m calib_mpi.synthetic.cfel OUT [--cells C] [--trains N]``."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -259,10 +282,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--cells", type=int, default=4)
     ap.add_argument("--trains", type=int, default=6)
     ap.add_argument("--parts", type=int, default=3)
+    ap.add_argument("--config", help="also write a calib-mpi config file here")
+    ap.add_argument("--results", default="results", help="output_dir for --config")
     a = ap.parse_args(argv)
     p = CfelDarkSet(n_cells=a.cells, n_trains=(a.trains,) * 3, n_parts=a.parts,
                     store_frames=a.cells * a.trains <= 4096)
     print(write_dark_runs(a.out, p))
+    if a.config:
+        print(write_config(a.config, a.out, a.results, p))
 
 
 if __name__ == "__main__":
