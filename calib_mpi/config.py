@@ -269,7 +269,8 @@ def build_parser(default_files: list[str] | None = None) -> configargparse.ArgPa
     g.add_argument("--subdir", help="optional sub-directory below <measurement>/, e.g. burst")
     g.add_argument("--run_names", "--run-names", nargs="+",
                    help="run names in the file names, in order; dark: high, medium, low gain "
-                   "(default hg mg lg); run numbers come from runs or from the file names")
+                   "(default hg mg lg); drspc: row groups 0..7 (default r1 .. r8); run "
+                   "numbers come from runs or from the file names")
     g = p.add_argument_group("performance")
     g.add_argument(
         "--chunk_frames",
@@ -421,7 +422,7 @@ def _facility_file(argv: list[str]) -> str:
 
 
 #: facility = cfel: default run names per measurement, in the order that gives their meaning
-CFEL_RUN_NAMES = {"dark": ("hg", "mg", "lg")}
+CFEL_RUN_NAMES = {"dark": ("hg", "mg", "lg"), "drspc": tuple(f"r{k}" for k in range(1, 9))}
 _NAME_WORD = re.compile(r"[A-Za-z0-9_.+-]+")
 
 

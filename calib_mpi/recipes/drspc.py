@@ -9,13 +9,16 @@ owned ASIC, fed by all eight runs:
   run along the XFEL fast-scan axis, so in the ``(slow_scan, fast_scan)`` block the mask is a
   set of whole *columns*; the recipe hands the accumulator the transposed block view
   ``(frame, fast_scan, slow_scan)`` (no copy), where the mask is whole rows and only those rows
-  are read, and transposes the results back. (Lab frames, if a plan says ``facility = cfel``,
-  are in the AGIPD frame, where the mask is whole rows as it is.)
+  are read, and transposes the results back. Lab frames (``facility = cfel``, run names
+  ``r1..r8``) are in the AGIPD frame (:mod:`calib_mpi.facilities`), where the mask is whole
+  rows as it is.
 - **x of the fit** (the scan step) is ``train ID - first train ID of the run`` (the run's
   smallest train ID over all modules), i.e. the toolbox's ``train_id - first_id + shifting``.
   It equals the gather's train position as long as no train is missing from every module; a
   train lost (or left out) everywhere leaves a hole instead of shifting every later step, and
-  the charge of the scan follows the train, not the count of recorded trains.
+  the charge of the scan follows the train, not the count of recorded trains. For lab runs the
+  train axis is the train position ``0 .. n_trains - 1`` (formats.md 2.3), so x is the
+  position: a lost train also leaves a hole there.
 - **Windows** ``[t0, t1)`` of the high- and medium-gain fits: ``drspc_windows`` (default 42 122
   402 552, the toolbox's), in the steps above; limits ``drspc_residual_limits``,
   ``drspc_slope_limits`` and ``gain_separation_sigma`` (shared with dark).
@@ -31,7 +34,8 @@ import numpy as np
 from mpi4py import MPI
 
 from ..config import Config
-from ..geometry import AGIPD_FRAME, XFEL_FRAME, asic_blocks, chip_coordinates
+from ..facilities import facility
+from ..geometry import XFEL_FRAME, asic_blocks, chip_coordinates
 from ..join import DatasetSpec
 from ..plan import Plan, Unit
 from ..process.dark import module_reference, unit_quantiles
@@ -76,7 +80,7 @@ class DrspcRecipe:
     def __init__(self, cfg: Config, plan: Plan):
         self.plan = plan
         #: frames are in the input's orientation: the AGIPD frame for lab (CFEL) data
-        self.frame = AGIPD_FRAME if getattr(plan, "facility", "xfel") == "cfel" else XFEL_FRAME
+        self.frame = facility(getattr(plan, "facility", "xfel")).frame_shape
         w = tuple(cfg.drspc_windows)
         self.windows = ((w[0], w[1]), (w[2], w[3]))
         s = tuple(cfg.drspc_slope_limits)

@@ -1,0 +1,213 @@
+"""Synthetic CFEL (DESY lab) drspc (pulsed capacitor) run sets with known ground truth.
+
+Writes the lab layout of :mod:`calib_mpi.synthetic.cfel` (its part writer and part cuts: analog
+and digital interleaved, one pair split across two parts) for the eight runs ``r1..r8``:
+``<input_dir>/<temperature>/drspc/<module>_<position>_drspc_r<k+1>_<run:05>_part<part:05>.nxs``
+(no ``<spec>``, ``shared/spec/formats.md`` 2.1). Frames are in the AGIPD frame ``(row, col) =
+(128, 512)``; each ASIC block gets its own parameters from
+:func:`~calib_mpi.synthetic.drspc.make_drspc_sweep`.
+
+The scan step of a lab run is the train position ``x = 0 .. n_trains - 1`` (formats.md 2.3).
+To keep the files small the model sweep (560 steps, switching at steps 180..340) is compressed
+by ``scale``: a lab step is ``scale`` model steps, so slopes are ``scale`` times the model's
+(ADU per lab step) and the switching step is ``ceil(switch / scale)``; the signal is
+:func:`~calib_mpi.synthetic.xfel_scans.drspc_values` of that lab sweep at ``x``. Run k carries
+the sweep on chip rows ``rho ≡ k (mod 8)`` and the zero-charge baseline (high-gain offset and
+gain level plus noise) elsewhere. ``lost_trains`` maps a run index to trains lost completely in
+that run only (gaps in ``sequence_number``); the later trains keep their scan step.
+
+``truth_cfel_drspc.h5`` in ``input_dir`` holds, indexed ``(k, cell, row, col)`` like the
+results: ``slope``, ``offset``, ``gain_level`` (2, ...) generating values (high, medium, per lab
+step); ``sample_*`` the exact least-squares fit of the written integers of the run injecting
+each pixel over each window (``slope``, ``offset``, ``gain_level``, ``gain_level_std``,
+``residual_rms``); ``n_points`` (2, row) points per window of each module row;
+``required_bits`` (2, ...) and ``broken`` (n, 3) as in :mod:`~calib_mpi.synthetic.xfel_scans`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from ..badpixels import BadPixels, bits
+from ..geometry import AGIPD_FRAME, asic_blocks, chip_coordinates
+from .cfel import _cuts, _write_part
+from .drspc import make_drspc_sweep
+from .xfel_scans import _line_fit, _to_uint16, drspc_values
+
+#: fit windows in lab steps (train positions) of the default set: high gain before the
+#: earliest switch (ceil(180 / 20) = 9), medium gain from the latest (ceil(340 / 20) = 17) on
+CFEL_DRSPC_WINDOWS = ((1, 9), (17, 28))
+#: default drspc_slope_limits (ADU per XFEL scan step) -> per lab step: times ``scale``
+XFEL_SLOPE_LIMITS = (4.0, 100.0, 0.12, 3.0)
+
+
+@dataclass
+class CfelDrspcSet:
+    """Parameters of a synthetic lab drspc run set (one module, eight runs r1..r8)."""
+
+    module: str = "M304"
+    position: str = "m2"
+    temperature: str = "temperature_m20C"
+    run_names: tuple[str, ...] = tuple(f"r{k}" for k in range(1, 9))
+    runs: tuple[int, ...] = (31, 32, 33, 34, 35, 36, 37, 38)
+    n_cells: int = 2
+    n_trains: int = 28
+    #: model scan steps per lab step
+    scale: int = 20
+    windows: tuple[tuple[int, int], ...] = CFEL_DRSPC_WINDOWS
+    n_parts: int = 2
+    chunk_frames: int = 5
+    #: Gaussian noise of analog and digital values (ADU; ``noisy`` pixels: 15x)
+    noise: float = 6.0
+    #: ``drspc_residual_limits`` of the config (ADU): 2.5 noise, so that the few points of a
+    #: lab window still flag the noisy pixels (residual rms ~ 0.85 x 90 ADU)
+    residual_limits: tuple[float, float] = (15.0, 15.0)
+    #: broken pixels of each kind (dead, no_switch, noisy) per ASIC
+    n_broken: int = 1
+    #: run index -> trains lost completely in that run
+    lost_trains: dict = field(default_factory=lambda: {2: (4,), 5: (20,)})
+    seed: int = 2468
+
+    @property
+    def slope_limits(self) -> tuple[float, ...]:
+        """``drspc_slope_limits`` for lab steps (the XFEL defaults times ``scale``)."""
+        return tuple(v * self.scale for v in XFEL_SLOPE_LIMITS)
+
+
+def write_lab_run(d: Path, stem: str, analog: np.ndarray, digital: np.ndarray,
+                  lost_trains: set[int], n_parts: int, chunk_frames: int) -> list[str]:
+    """Write one lab run (``analog``, ``digital`` (train, cell, 128, 512) uint16) as parts
+    ``<stem>_part<i:05>.nxs`` in ``d``, interleaved, without the frames of ``lost_trains``;
+    returns the file names."""
+    n_trains, c_n = analog.shape[:2]
+    fn = n_trains * 2 * c_n
+    seq, frames, pair_start = [], [], []
+    for pos in range(fn):
+        t, c, dig = pos // (2 * c_n), (pos % (2 * c_n)) // 2, pos % 2
+        if t in lost_trains:
+            continue
+        seq.append(pos + 1)
+        frames.append((digital if dig else analog)[t, c].astype(np.int16))
+        pair_start.append(not dig)
+    data = np.stack(frames)
+    seq_a = np.array(seq)
+    bounds = [0, *_cuts(seq, pair_start, n_parts), len(seq)]
+    d.mkdir(parents=True, exist_ok=True)
+    files = []
+    for i in range(n_parts):
+        a, b = bounds[i], bounds[i + 1]
+        name = f"{stem}_part{i:05d}.nxs"
+        _write_part(d / name, data[a:b], seq_a[a:b], np.zeros(b - a, np.int32), fn,
+                    fn - len(seq), chunk_frames)
+        files.append(name)
+    return files
+
+
+def write_drspc_runs(input_dir: Path | str, p: CfelDrspcSet | None = None) -> Path:
+    """Write the eight lab drspc runs and ``truth_cfel_drspc.h5``; returns the truth path."""
+    p = p or CfelDrspcSet()
+    out = Path(input_dir)
+    d = out / p.temperature / "drspc"
+    d.mkdir(parents=True, exist_ok=True)
+    steps = np.arange(p.n_trains, dtype=np.int64)
+    shape = (p.n_cells,) + AGIPD_FRAME
+    rng = np.random.default_rng([p.seed, 1])
+    analog = np.empty((p.n_trains,) + shape, np.uint16)
+    digital = np.empty_like(analog)
+    truth = {k: np.empty((2,) + shape) for k in ("slope", "offset", "gain_level")}
+    required = np.zeros((2,) + shape, np.uint32)
+    broken = []
+    rho = np.empty(AGIPD_FRAME, np.int64)
+    for b, blk in enumerate(asic_blocks(AGIPD_FRAME, 0)):
+        sw = make_drspc_sweep(p.seed * 1000 + b, p.n_cells, n_trains=1, noise=p.noise,
+                              n_dead=p.n_broken, n_no_switch=p.n_broken, n_noisy=p.n_broken)
+        sw = replace(sw, slope_high=sw.slope_high * p.scale,
+                     slope_medium=sw.slope_medium * p.scale,
+                     switch_train=-(-sw.switch_train // p.scale))
+        a, dg = drspc_values(sw, steps, rng)
+        sl = (slice(None), slice(None), blk.rows, blk.cols)
+        analog[sl], digital[sl] = a, dg
+        truth["slope"][sl] = np.stack([sw.slope_high, sw.slope_medium])
+        truth["offset"][sl] = np.stack([sw.offset_high, sw.offset_medium])
+        truth["gain_level"][sl] = np.stack([sw.gain_level_high, sw.gain_level_medium])
+        rho[blk.rows, blk.cols] = chip_coordinates(AGIPD_FRAME, 0, blk)[0]
+        req = required[sl]
+        for kind, coords in enumerate((sw.dead, sw.no_switch, sw.noisy)):
+            r, c = coords[:, 0], coords[:, 1]
+            for row, col in zip(r + blk.rows.start, c + blk.cols.start, strict=True):
+                broken.append((kind, row, col))
+            if kind == 0:
+                req[:, :, r, c] |= bits(BadPixels.CI_GAIN_OF_OF_THRESHOLD,
+                                        BadPixels.GAIN_THRESHOLDING_ERROR)
+            elif kind == 1:
+                req[1][:, r, c] |= bits(BadPixels.CI_GAIN_OF_OF_THRESHOLD)
+                req[:, :, r, c] |= bits(BadPixels.GAIN_THRESHOLDING_ERROR)
+            else:
+                req[:, :, r, c] |= bits(BadPixels.CI_LINEAR_DEVIATION)
+    base_a = np.broadcast_to(truth["offset"][0], analog.shape)
+    base_d = np.broadcast_to(truth["gain_level"][0], analog.shape)
+    keys = ("slope", "offset", "residual_rms", "gain_level", "gain_level_std")
+    sample = {k: np.full((2,) + shape, np.nan) for k in keys}
+    n_points = np.zeros((2,) + AGIPD_FRAME[:1], np.int64)
+    row_group = rho[:, 0] % 8  # whole rows in the AGIPD frame
+    assert np.all(rho % 8 == row_group[:, None])
+    with h5py.File(out / "truth_cfel_drspc.h5", "w") as tf:
+        tf.attrs["params"] = json.dumps(asdict(p))
+        for k, (name, run) in enumerate(zip(p.run_names, p.runs, strict=True)):
+            lost = set(p.lost_trains.get(k, ()))
+            inj = row_group == k
+            noise = rng.standard_normal((2,) + analog.shape, dtype=np.float32) * p.noise
+            run_a = np.where(inj[:, None], analog, _to_uint16(base_a + noise[0]))
+            run_d = np.where(inj[:, None], digital, _to_uint16(base_d + noise[1]))
+            write_lab_run(d, f"{p.module}_{p.position}_drspc_{name}_{run:05d}", run_a, run_d,
+                          lost, p.n_parts, p.chunk_frames)
+            used = np.array([t not in lost for t in range(p.n_trains)])
+            for w, (t0, t1) in enumerate(p.windows):
+                sel = used & (steps >= t0) & (steps < t1)
+                x = steps[sel].astype(np.float64)
+                y = analog[sel][:, :, inj].astype(np.float64)
+                fit = _line_fit(x, y)
+                dd = digital[sel][:, :, inj].astype(np.float64)
+                fit["gain_level"], fit["gain_level_std"] = dd.mean(axis=0), dd.std(axis=0)
+                for key, v in fit.items():
+                    sample[key][w][:, inj] = v
+                n_points[w][inj] = int(sel.sum())
+        for key, v in truth.items():
+            tf.create_dataset(key, data=v)
+        for key, v in sample.items():
+            tf.create_dataset(f"sample_{key}", data=v)
+        tf.create_dataset("n_points", data=n_points)
+        tf.create_dataset("required_bits", data=required)
+        tf.create_dataset("broken", data=np.array(broken, np.int64).reshape(-1, 3))
+        tf.create_dataset("row_group", data=row_group)
+    return out / "truth_cfel_drspc.h5"
+
+
+def write_config(path: Path | str, input_dir: Path | str, out_dir: Path | str,
+                 p: CfelDrspcSet | None = None, **extra) -> Path:
+    """Write a calib-mpi config file (``facility = cfel``, ``measurement = drspc``) for the run
+    set (``extra``: more ``key = value`` lines); run numbers are found from the file names."""
+    p = p or CfelDrspcSet()
+    lines = [
+        "# calib-mpi config for a synthetic CFEL lab drspc run set",
+        "facility = cfel",
+        "measurement = drspc",
+        f"input_dir = {Path(input_dir).resolve()}",
+        f"temperature = {p.temperature}",
+        f"module_serial = {p.module}",
+        f"position = {p.position}",
+        f"run_names = {' '.join(p.run_names)}",
+        f"n_cells = {p.n_cells}",
+        "drspc_windows = " + " ".join(str(t) for w in p.windows for t in w),
+        "drspc_slope_limits = " + " ".join(f"{v:g}" for v in p.slope_limits),
+        "drspc_residual_limits = " + " ".join(f"{v:g}" for v in p.residual_limits),
+        f"output_dir = {Path(out_dir).resolve()}",
+    ] + [f"{k} = {v}" for k, v in extra.items()]
+    path = Path(path)
+    path.write_text("\n".join(lines) + "\n")
+    return path
