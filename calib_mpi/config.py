@@ -264,12 +264,14 @@ def build_parser(default_files: list[str] | None = None) -> configargparse.ArgPa
                    "temperature_m20C")
     g.add_argument("--position", help="slot in the lab stand as in the file names, e.g. m2")
     g.add_argument("--spec", help="file-name word after the measurement, e.g. tint150ns (dark "
-                   "integration time); leave out when the names have none")
+                   "integration time); leave out when the names have none; xray: default "
+                   "xray_target (Cu, Mo)")
     g.add_argument("--current", help="drscs only: current sub-directory, e.g. itestc150")
     g.add_argument("--subdir", help="optional sub-directory below <measurement>/, e.g. burst")
     g.add_argument("--run_names", "--run-names", nargs="+",
                    help="run names in the file names, in order; dark: high, medium, low gain "
-                   "(default hg mg lg); drspc: row groups 0..7 (default r1 .. r8); run "
+                   "(default hg mg lg); drspc: row groups 0..7 (default r1 .. r8); xray: none by "
+                   "default (names ..._xray_<spec>_<run:05>...); run "
                    "numbers come from runs or from the file names")
     g = p.add_argument_group("performance")
     g.add_argument(
@@ -422,7 +424,9 @@ def _facility_file(argv: list[str]) -> str:
 
 
 #: facility = cfel: default run names per measurement, in the order that gives their meaning
-CFEL_RUN_NAMES = {"dark": ("hg", "mg", "lg"), "drspc": tuple(f"r{k}" for k in range(1, 9))}
+#: ("" = no run name in the file names: lab xray files are ``..._xray_<spec>_<run:05>...``)
+CFEL_RUN_NAMES = {"dark": ("hg", "mg", "lg"), "drspc": tuple(f"r{k}" for k in range(1, 9)),
+                  "xray": ("",)}
 _NAME_WORD = re.compile(r"[A-Za-z0-9_.+-]+")
 
 
@@ -443,6 +447,8 @@ def _cfel_settings(ns, runs: tuple[int, ...], modules: tuple[int, ...]
             raise ConfigError(f"{key}: {v!r} — expected one directory or file-name word "
                               "(letters, digits, _ . + -)")
         words[key] = str(v) if v else None
+    if ns.measurement == "xray" and not words["spec"]:
+        words["spec"] = ns.xray_target  # lab xray names carry the target: ..._xray_Cu_...
     if words["current"] and ns.measurement != "drscs":
         raise ConfigError(f"current: {words['current']!r} — only drscs runs sit in a current "
                           f"sub-directory; leave it out for measurement {ns.measurement}")
@@ -455,7 +461,7 @@ def _cfel_settings(ns, runs: tuple[int, ...], modules: tuple[int, ...]
         raise ConfigError(
             f"run_names: {ns.measurement} needs exactly {NUMBER_WORDS.get(n_runs, n_runs)} "
             f"run name(s) ({meaning}), got {len(names)}: {list(names)}")
-    bad = [n for n in names if not _NAME_WORD.fullmatch(n)]
+    bad = [n for n in names if (n or ns.measurement != "xray") and not _NAME_WORD.fullmatch(n)]
     if bad or len(set(names)) != len(names):
         raise ConfigError(f"run_names: {list(names)} — expected distinct file-name words")
     if runs and len(runs) != len(names):

@@ -39,6 +39,18 @@ def test_lab_keys_optional_values(tmp_path):
     assert output_path(cfg, 3) == Path("/out/dark/dark_M304_cfel.h5")
 
 
+def test_lab_xray_keys(tmp_path):
+    """Lab xray names have the target as spec and no run name: ..._xray_Cu_<run:05>..."""
+    base = BASE.replace("spec = tint150ns\n", "")
+    cfg = _parse(tmp_path, base + "measurement = xray\nn_cells = 1\n")
+    assert cfg.measurement == "xray" and cfg.spec == "Cu" and cfg.run_names == ("",)
+    assert output_path(cfg, 0) == Path("/out/xray/xray_M304_cfel.h5")
+    cfg = _parse(tmp_path, base + "measurement = xray\nxray_target = Mo\nruns = 7\n")
+    assert cfg.spec == "Mo" and cfg.runs == (7,) and cfg.photon_energy == 17.44
+    cfg = _parse(tmp_path, BASE + "measurement = xray\nrun_names = fl\n")
+    assert cfg.spec == "tint150ns" and cfg.run_names == ("fl",)
+
+
 def test_xfel_unchanged(tmp_path):
     cfg = _parse(tmp_path, "input_dir = /d\nruns = 1 2 3\nmodules = 0\noutput_dir = /o\n")
     assert cfg.facility == "xfel" and cfg.run_names is None and cfg.module_serial is None
@@ -61,7 +73,8 @@ def test_xfel_unchanged(tmp_path):
     (BASE + "current = itestc150\n", "current: 'itestc150' — only drscs"),
     (BASE + "temperature = a/b\n", "temperature: 'a/b' — expected one directory"),
     (BASE + "plot = true\n", "plot: .* European XFEL modules only"),
-    (BASE + "measurement = xray\n", "measurement: 'xray' is not supported for facility cfel"),
+    (BASE + "measurement = xray\nrun_names = a b\n",
+     r"run_names: xray needs exactly one run name\(s\) \(fluorescence run\), got 2"),
 ])
 def test_lab_errors_name_the_key(tmp_path, text, match):
     with pytest.raises(ConfigError, match=match):

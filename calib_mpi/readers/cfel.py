@@ -200,7 +200,8 @@ def _listing(d: Path, limit: int = 12) -> str:
 def find_run_number(input_dir: Path | str, temperature: str, measurement: str, module: str,
                     position: str, run_name: str | None, spec: str | None = None,
                     current: str | None = None, subdir: str | None = None) -> int:
-    """Run number of the run called ``run_name`` (e.g. ``hg``, ``r3``, ``col26``).
+    """Run number of the run called ``run_name`` (e.g. ``hg``, ``r3``, ``col26``; None or ``""``
+    for names without a run name, such as lab xray ``..._xray_Cu_<run:05>...``).
 
     Looks for part 0 (``..._<run:05>_part00000.nxs``) or an unsplit file
     (``..._<run:05>.nxs``) with exactly the expected prefix; raises :class:`DataError` listing
@@ -215,12 +216,13 @@ def find_run_number(input_dir: Path | str, temperature: str, measurement: str, m
         if m:
             found.setdefault(int(m.group(1)), []).append(p.name)
     pattern = f"{prefix}<run:05>_part00000.nxs or {prefix}<run:05>.nxs"
+    what = f"run {run_name!r}" if run_name else f"{measurement} run"
     if len(found) == 1:
         return next(iter(found))
     if not found:
-        raise DataError(f"run {run_name!r}: no file {pattern} in {d} ({_listing(d)})")
+        raise DataError(f"{what}: no file {pattern} in {d} ({_listing(d)})")
     cands = "; ".join(f"run {r}: {', '.join(sorted(v))}" for r, v in sorted(found.items()))
-    raise DataError(f"run {run_name!r}: several runs match {pattern} in {d} ({cands}); "
+    raise DataError(f"{what}: several runs match {pattern} in {d} ({cands}); "
                     "give the run number explicitly")
 
 

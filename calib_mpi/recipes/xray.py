@@ -20,6 +20,9 @@ on the rank count and ``chunk_frames``. The rule, deterministic and with bounded
    module), so the buffer holds about the origin trains plus the frames read in the same rounds:
    at most ~(origin trains x cells + ranks per module x ``chunk_frames``) frames of 8 KiB per
    ASIC (64 trains x 352 cells: ~185 MB, small next to the 2.75 GiB histogram of 352 cells).
+   CFEL lab runs (``facility = cfel``) use the same rule with the train positions of the part
+   index (trains with a usable analog/digital pair); as a lab slab may split a train (pairs
+   are never split), the sample is complete once all pairs of the origin trains have arrived.
    If an origin train never delivers a frame (all its frames left out while reading), the origin
    is computed at the end of the run from the same sample; the result is unchanged, only the
    buffer is larger.
@@ -48,21 +51,37 @@ PEAK_DIMS = ("peak", "cell", "slow_scan", "fast_scan")
 
 def origin_trains(plan: Plan, run_index: int, module: int, n: int) -> np.ndarray:
     """Train positions (on the run's train axis) of the first ``n`` trains with data of
-    ``module``, sorted (int64)."""
+    ``module``, sorted (int64). CFEL: trains with a usable (analog, digital) pair in the part
+    index (the train axis is the train position ``0 .. n_trains - 1``)."""
     files = plan.files[(run_index, module)]
     if not files:
         return np.zeros(0, np.int64)
+    if getattr(plan, "facility", "xfel") == "cfel":
+        return np.unique(np.concatenate([p.cells_trains()[1] for p in files]))[:n]
     ids = np.concatenate([fi.train_ids for fi in files])
     has_frames = np.concatenate([fi.train_max_cell for fi in files]) >= 0
     pos = np.searchsorted(plan.train_axis[run_index], ids[has_frames]).astype(np.int64)
     return np.unique(pos)[:n]
 
 
-class _Pending:
-    """Frames of one ASIC kept until its origin sample is complete."""
+def origin_frames(plan: Plan, run_index: int, module: int, trains: np.ndarray) -> int:
+    """CFEL: number of (train, cell) pairs of ``module`` in the origin ``trains`` (a train's
+    pairs can come in several slabs, so the sample is complete only when all have arrived)."""
+    t = np.concatenate([p.cells_trains()[1] for p in plan.files[(run_index, module)]] or
+                       [np.zeros(0, np.int64)])
+    return int(np.isin(t, trains).sum())
 
-    def __init__(self, expected: np.ndarray):
+
+class _Pending:
+    """Frames of one ASIC kept until its origin sample is complete.
+
+    ``n_frames`` None (XFEL, whole trains per slab): complete once every expected train has
+    delivered a frame; else (CFEL) once ``n_frames`` frames of the expected trains arrived."""
+
+    def __init__(self, expected: np.ndarray, n_frames: int | None = None):
         self.expected = expected
+        self.n_frames = n_frames
+        self.got = 0
         self.seen = np.zeros(len(expected), bool)
         self.analog: list[np.ndarray] = []
         self.cells: list[np.ndarray] = []
@@ -72,10 +91,14 @@ class _Pending:
         self.analog.append(np.array(analog, np.uint16))
         self.cells.append(np.array(cells, np.int64))
         self.trains.append(np.array(trains, np.int64))
+        if self.n_frames is not None:
+            self.got += int(np.isin(trains, self.expected).sum())
         self.seen |= np.isin(self.expected, trains)
 
     @property
     def complete(self) -> bool:
+        if self.n_frames is not None:
+            return self.got >= self.n_frames
         return bool(self.seen.all())
 
     def frames(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -105,10 +128,9 @@ class XrayRecipe:
     ]
 
     def __init__(self, cfg: Config, plan: Plan):
-        if getattr(plan, "facility", "xfel") != "xfel":
-            raise ConfigError("measurement xray: only facility xfel is supported so far (the "
-                              "origin rule needs the XFEL train index and whole trains per "
-                              "slab)")
+        facility = getattr(plan, "facility", "xfel")
+        if facility not in ("xfel", "cfel"):
+            raise ConfigError(f"measurement xray: facility {facility!r} is not supported")
         self.plan = plan
         self.n_bins = cfg.xray_bins
         self.energy = cfg.photon_energy
@@ -116,6 +138,9 @@ class XrayRecipe:
         self.deviation = cfg.xray_deviation_sigma
         self.expected = {m: origin_trains(plan, 0, m, cfg.xray_origin_trains)
                          for m in plan.modules}
+        #: CFEL: frames (pairs) in each module's origin trains; None for XFEL (whole trains)
+        self.expected_frames = {m: (origin_frames(plan, 0, m, self.expected[m])
+                                    if facility == "cfel" else None) for m in plan.modules}
         self.acc: dict[Unit, XrayAccumulator] = {}
         self.pending: dict[Unit, _Pending] = {}
         #: unit -> (frames used for the origin per cell, largest number of frames buffered)
@@ -123,7 +148,8 @@ class XrayRecipe:
         self.refs: dict[int, np.ndarray] = {}
 
     def start(self, units: list[Unit]) -> None:
-        self.pending = {u: _Pending(self.expected[u.module]) for u in units}
+        self.pending = {u: _Pending(self.expected[u.module], self.expected_frames[u.module])
+                        for u in units}
         for u in units:
             if not len(self.expected[u.module]):
                 self._make_accumulator(u)

@@ -1,4 +1,4 @@
-"""Synthetic CFEL (DESY lab) drspc (pulsed capacitor) run sets with known ground truth.
+"""Synthetic CFEL (DESY lab) drspc (pulsed capacitor) and xray run sets with known ground truth.
 
 Writes the lab layout of :mod:`calib_mpi.synthetic.cfel` (its part writer and part cuts: analog
 and digital interleaved, one pair split across two parts) for the eight runs ``r1..r8``:
@@ -22,6 +22,14 @@ step); ``sample_*`` the exact least-squares fit of the written integers of the r
 each pixel over each window (``slope``, ``offset``, ``gain_level``, ``gain_level_std``,
 ``residual_rms``); ``n_points`` (2, row) points per window of each module row;
 ``required_bits`` (2, ...) and ``broken`` (n, 3) as in :mod:`~calib_mpi.synthetic.xfel_scans`.
+
+**xray** (:func:`write_xray_run`): one non-burst lab run, ``n_cells = 1`` (a train is 2 frames),
+``<module>_<position>_xray_<target>_<run:05>_part<part:05>.nxs`` (spec = target, no run name);
+each ASIC block gets :func:`~calib_mpi.synthetic.xray.make_xray_run`, the digital value is a
+constant high-gain level and ``lost_trains`` are lost completely (gaps in ``sequence_number``).
+``truth_cfel_xray.h5``: ``offset``, ``noise``, ``spacing``, ``rate`` (cell, row, col);
+``n_photons`` (3, cell, row, col) over all generated trains (lost ones included);
+``expected_bits`` (1, cell, row, col); ``frames_used`` (cell,); attribute ``sigma_fano``.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ from ..geometry import AGIPD_FRAME, asic_blocks, chip_coordinates
 from .cfel import _cuts, _write_part
 from .drspc import make_drspc_sweep
 from .xfel_scans import _line_fit, _to_uint16, drspc_values
+from .xray import make_xray_run
 
 #: fit windows in lab steps (train positions) of the default set: high gain before the
 #: earliest switch (ceil(180 / 20) = 9), medium gain from the latest (ceil(340 / 20) = 17) on
@@ -206,6 +215,91 @@ def write_config(path: Path | str, input_dir: Path | str, out_dir: Path | str,
         "drspc_windows = " + " ".join(str(t) for w in p.windows for t in w),
         "drspc_slope_limits = " + " ".join(f"{v:g}" for v in p.slope_limits),
         "drspc_residual_limits = " + " ".join(f"{v:g}" for v in p.residual_limits),
+        f"output_dir = {Path(out_dir).resolve()}",
+    ] + [f"{k} = {v}" for k, v in extra.items()]
+    path = Path(path)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@dataclass
+class CfelXraySet:
+    """Parameters of a synthetic lab xray run (one module, one non-burst run)."""
+
+    module: str = "M304"
+    position: str = "m2"
+    temperature: str = "temperature_m20C"
+    target: str = "Cu"
+    run: int = 41
+    n_cells: int = 1
+    n_trains: int = 402
+    n_parts: int = 3
+    chunk_frames: int = 16
+    #: mean photons per frame, uniform range
+    rate: tuple[float, float] = (0.4, 0.6)
+    #: broken (cell, pixel)s of each kind (dead, no_photons, noisy, deviant) per ASIC
+    n_broken: int = 1
+    #: trains lost completely (one inside the origin sample)
+    lost_trains: tuple[int, ...] = (5, 70)
+    #: constant digital (high-gain) level, ADU
+    gain_level: int = 4800
+    seed: int = 1357
+
+
+def write_xray_run(input_dir: Path | str, p: CfelXraySet | None = None) -> Path:
+    """Write the lab xray run and ``truth_cfel_xray.h5``; returns the truth path."""
+    p = p or CfelXraySet()
+    out = Path(input_dir)
+    d = out / p.temperature / "xray"
+    shape = (p.n_cells,) + AGIPD_FRAME
+    analog = np.empty((p.n_trains,) + shape, np.uint16)
+    truth = {k: np.empty(shape) for k in ("offset", "noise", "spacing", "rate")}
+    expected = np.zeros((1,) + shape, np.uint32)
+    n_photons = np.zeros((3,) + shape, np.int64)
+    lost = set(p.lost_trains)
+    keep = np.array([t not in lost for t in range(p.n_trains)])
+    sigma_fano = 0.0
+    for b, blk in enumerate(asic_blocks(AGIPD_FRAME, 0)):
+        xr = make_xray_run(p.seed * 1000 + b, p.n_cells, p.n_trains, rate=p.rate,
+                             n_dead=p.n_broken, n_no_photons=p.n_broken, n_noisy=p.n_broken,
+                             n_deviant=p.n_broken)
+        analog[:, :, blk.rows, blk.cols] = xr.analog
+        for k in truth:
+            truth[k][:, blk.rows, blk.cols] = getattr(xr, k)
+        expected[0][:, blk.rows, blk.cols] = xr.expected_bits
+        n_photons[:, :, blk.rows, blk.cols] = xr.n_photons
+        sigma_fano = xr.sigma_fano
+    digital = np.full_like(analog, p.gain_level)
+    write_lab_run(d, f"{p.module}_{p.position}_xray_{p.target}_{p.run:05d}", analog, digital,
+                  lost, p.n_parts, p.chunk_frames)
+    path = out / "truth_cfel_xray.h5"
+    with h5py.File(path, "w") as tf:
+        tf.attrs["params"] = json.dumps(asdict(p))
+        tf.attrs["sigma_fano"] = sigma_fano
+        for k, v in truth.items():
+            tf.create_dataset(k, data=v)
+        tf.create_dataset("n_photons", data=n_photons)
+        tf.create_dataset("expected_bits", data=expected)
+        tf.create_dataset("frames_used", data=np.full(p.n_cells, int(keep.sum())))
+    return path
+
+
+def write_xray_config(path: Path | str, input_dir: Path | str, out_dir: Path | str,
+                      p: CfelXraySet | None = None, **extra) -> Path:
+    """Write a calib-mpi config file (``facility = cfel``, ``measurement = xray``) for the run
+    (``extra``: more ``key = value`` lines); the run number is found from the file names and
+    ``spec`` defaults to ``xray_target``."""
+    p = p or CfelXraySet()
+    lines = [
+        "# calib-mpi config for a synthetic CFEL lab xray run",
+        "facility = cfel",
+        "measurement = xray",
+        f"input_dir = {Path(input_dir).resolve()}",
+        f"temperature = {p.temperature}",
+        f"module_serial = {p.module}",
+        f"position = {p.position}",
+        f"xray_target = {p.target}",
+        f"n_cells = {p.n_cells}",
         f"output_dir = {Path(out_dir).resolve()}",
     ] + [f"{k} = {v}" for k, v in extra.items()]
     path = Path(path)
