@@ -24,6 +24,7 @@ FACILITIES = ("xfel", "cfel")
 RUNS_NEEDED = {
     "dark": (3, "high, medium, low gain"),
     "drspc": (8, "row groups r1..r8"),
+    "drscs": (4, "column groups col15, col26, col37, col48 of one current"),
     "xray": (1, "fluorescence run"),
 }
 MEASUREMENTS = tuple(RUNS_NEEDED)
@@ -426,7 +427,7 @@ def _facility_file(argv: list[str]) -> str:
 #: facility = cfel: default run names per measurement, in the order that gives their meaning
 #: ("" = no run name in the file names: lab xray files are ``..._xray_<spec>_<run:05>...``)
 CFEL_RUN_NAMES = {"dark": ("hg", "mg", "lg"), "drspc": tuple(f"r{k}" for k in range(1, 9)),
-                  "xray": ("",)}
+                  "xray": ("",), "drscs": ("col15", "col26", "col37", "col48")}
 _NAME_WORD = re.compile(r"[A-Za-z0-9_.+-]+")
 
 
@@ -449,6 +450,11 @@ def _cfel_settings(ns, runs: tuple[int, ...], modules: tuple[int, ...]
         words[key] = str(v) if v else None
     if ns.measurement == "xray" and not words["spec"]:
         words["spec"] = ns.xray_target  # lab xray names carry the target: ..._xray_Cu_...
+    if ns.measurement == "drscs" and not words["current"]:
+        raise ConfigError("current: drscs lab runs sit in a current sub-directory "
+                          "(<temperature>/drscs/<current>/); give one, e.g. current = itestc150")
+    if ns.measurement == "drscs" and not words["spec"]:
+        words["spec"] = words["current"]  # lab drscs names carry the current: ..._drscs_itestc150_
     if words["current"] and ns.measurement != "drscs":
         raise ConfigError(f"current: {words['current']!r} — only drscs runs sit in a current "
                           f"sub-directory; leave it out for measurement {ns.measurement}")

@@ -19,7 +19,8 @@ command line stay as they are.
 """
 
 from .dark import DarkRecipe
+from .drscs import DrscsRecipe
 from .drspc import DrspcRecipe
 from .xray import XrayRecipe
 
-RECIPES = {"dark": DarkRecipe, "drspc": DrspcRecipe, "xray": XrayRecipe}
+RECIPES = {"dark": DarkRecipe, "drscs": DrscsRecipe, "drspc": DrspcRecipe, "xray": XrayRecipe}

@@ -1,0 +1,140 @@
+"""The current-source (drscs) measurement, one current per job: four runs col15..col48.
+
+Run k (0..3, the k-th configured run) injects the pixels whose chip column
+``kappa ≡ k (mod 4)`` (``shared/spec/formats.md`` 3.4), with ``kappa`` from
+:func:`calib_mpi.geometry.chip_coordinates` of the ASIC block in the input's frame (the AGIPD
+frame for lab data, ``facility = cfel``). The mask is applied per pixel, so the orientation of
+the block does not matter.
+
+The processing (:func:`calib_mpi.process.drscs.process_scan`) needs the whole scan of each
+(cell, pixel), so the recipe stores, per owned ASIC, the analog and digital values of the
+injected pixels in ``(step, cell, 64 * 64)`` uint16 arrays filled by scan step, with a validity
+mask alongside (a lost train or frame leaves ``valid = False``), and processes them at the end.
+The scan step is ``train ID - first train ID of the run`` (XFEL) or the train position (lab
+runs), as for drspc; the number of steps ``T`` is the longest run's. Memory per ASIC:
+``T * cells * 4096 * 5`` bytes.
+
+Results do not depend on the rank count: every series is processed on its own from the same
+integers. Merging several currents (steps.md section 4) is done by
+:func:`calib_mpi.merge.merge_across_currents`; this recipe handles one current (``current``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from mpi4py import MPI
+
+from ..config import Config
+from ..facilities import facility
+from ..geometry import XFEL_FRAME, asic_blocks, chip_coordinates
+from ..join import DatasetSpec
+from ..plan import Plan, Unit
+from ..process.drscs import N_GAINS, DrscsParams, process_scan
+
+DIMS = ("gain", "cell", "slow_scan", "fast_scan")
+N_COLUMN_GROUPS = 4
+N_PIX = 64 * 64
+
+
+def injection_masks(module: int, block: int,
+                    frame_shape: tuple[int, int] = XFEL_FRAME) -> np.ndarray:
+    """Pixels injected by each drscs run in one ASIC block: (4, 64, 64) bool, True where chip
+    column ``kappa ≡ k (mod 4)``, in the block's orientation."""
+    blk = asic_blocks(frame_shape, module)[block]
+    _, kappa = chip_coordinates(frame_shape, module, blk)
+    return np.stack([kappa % N_COLUMN_GROUPS == k for k in range(N_COLUMN_GROUPS)])
+
+
+class DrscsRecipe:
+    """Current source, one current: per-stage slopes, offsets, gain levels, thresholds."""
+
+    name = "drscs"
+    specs = [
+        DatasetSpec("slope", (N_GAINS,), np.float32, DIMS),
+        DatasetSpec("offset", (N_GAINS,), np.float32, DIMS),
+        DatasetSpec("residual", (N_GAINS,), np.float32, DIMS),
+        DatasetSpec("gain_level", (N_GAINS,), np.float32, DIMS),
+        DatasetSpec("threshold", (N_GAINS - 1,), np.float32, ("threshold",) + DIMS[1:]),
+        DatasetSpec("n_points", (N_GAINS,), np.int32, DIMS),
+        DatasetSpec("saturation_start", (1,), np.int32, ("one",) + DIMS[1:]),
+        DatasetSpec("error_code", (1,), np.int16, ("one",) + DIMS[1:]),
+        DatasetSpec("bad_pixels", (N_GAINS,), np.uint32, DIMS),
+    ]
+
+    def __init__(self, cfg: Config, plan: Plan, params: DrscsParams | None = None):
+        self.plan = plan
+        self.frame = facility(getattr(plan, "facility", "xfel")).frame_shape
+        self.params = params or DrscsParams()
+        self.step0 = {ri: int(ax[0]) if len(ax) else 0 for ri, ax in plan.train_axis.items()}
+        self.n_steps = max([int(ax[-1]) - self.step0[ri] + 1
+                            for ri, ax in plan.train_axis.items() if len(ax)] or [0])
+        self.analog: dict[Unit, np.ndarray] = {}
+        self.digital: dict[Unit, np.ndarray] = {}
+        self.valid: dict[Unit, np.ndarray] = {}
+        self.pixels: dict[Unit, list[np.ndarray]] = {}
+
+    def start(self, units: list[Unit]) -> None:
+        shape = (self.n_steps, self.plan.n_cells, N_PIX)
+        for u in units:
+            masks = injection_masks(u.module, u.block, self.frame)
+            self.pixels[u] = [np.flatnonzero(m.ravel()) for m in masks]
+            self.analog[u] = np.zeros(shape, np.uint16)
+            self.digital[u] = np.zeros(shape, np.uint16)
+            self.valid[u] = np.zeros(shape, bool)
+
+    def consume(self, unit: Unit, run_index: int, frames: np.ndarray, r0: int, c0: int,
+                cells: np.ndarray, trains: np.ndarray, group: tuple) -> None:
+        """Store the run's injected pixels of these frames at (scan step, cell)."""
+        block = frames[:, :, r0:r0 + 64, c0:c0 + 64]
+        n = block.shape[0]
+        steps = self.plan.train_axis[run_index][trains].astype(np.int64) - self.step0[run_index]
+        pix = self.pixels[unit][run_index % N_COLUMN_GROUPS]
+        at = (steps[:, None], np.asarray(cells, np.int64)[:, None], pix[None, :])
+        self.analog[unit][at] = block[:, 0].reshape(n, N_PIX)[:, pix]
+        self.digital[unit][at] = block[:, 1].reshape(n, N_PIX)[:, pix]
+        self.valid[unit][at] = True
+
+    def end_run(self, run_index: int) -> None:
+        """Nothing to do: the four runs fill disjoint pixels of the same arrays."""
+
+    def finalize(self, comm: MPI.Comm) -> dict[Unit, dict[str, np.ndarray]]:
+        """Process the scans of this rank's units: ``(k, cell, 64, 64)`` per ASIC."""
+        res = {}
+        c = self.plan.n_cells
+        for u in list(self.analog):
+            t = self.n_steps
+            r = process_scan(self.analog[u].reshape(t, -1), self.digital[u].reshape(t, -1),
+                             self.valid[u].reshape(t, -1), self.params)
+            del self.analog[u], self.digital[u], self.valid[u]
+            out = {}
+            for spec in self.specs:
+                v = r[spec.name].reshape((-1, c, 64, 64))
+                out[spec.name] = np.ascontiguousarray(v, dtype=spec.dtype)
+            res[u] = out
+        return res
+
+    def module_extra(self, comm: MPI.Comm, results: dict[Unit, dict]) -> dict[int, dict]:
+        """Per module: the train ID (lab: position) of step 0 of each run, steps per scan."""
+        step0 = np.array([self.step0[ri] for ri in range(len(self.plan.runs))], np.uint64)
+        return {m: {"metadata/step0_train_id": step0,
+                    "metadata/n_steps": np.array(self.n_steps, np.int64)}
+                for m in self.plan.modules}
+
+    def summary(self, comm: MPI.Comm, results: dict[Unit, dict]) -> dict:
+        """Collective: per module, count of (cell, pixel)s per error code."""
+        local: dict[int, np.ndarray] = {}
+        for u, r in results.items():
+            counts = np.bincount(r["error_code"].ravel().astype(np.int64), minlength=11)[:11]
+            local[u.module] = local.get(u.module, 0) + counts
+        out: dict = {}
+        for d in comm.allgather(local):
+            for m, cnt in d.items():
+                out.setdefault(m, {"errors": np.zeros(11, np.int64)})["errors"] += cnt
+        return out
+
+    def describe(self, module: int, s: dict) -> list[str]:
+        """Report lines of one module for the end-of-job summary."""
+        err = s.get("errors", np.zeros(11, np.int64))
+        failed = {int(k): int(v) for k, v in enumerate(err) if k and v}
+        return [f"scan steps {self.n_steps}; series ok {int(err[0])}, failed by error code "
+                f"{failed or 'none'}"]
