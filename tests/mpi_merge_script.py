@@ -45,7 +45,7 @@ def main() -> int:
         return 1
     counts = np.bincount(merged["chosen_current"][merged["chosen_current"] >= 0],
                          minlength=n_cur)
-    print(f"OK {comm.rank} {' '.join(map(str, counts))}", flush=True)
+    print(f"<OK {comm.rank} {' '.join(map(str, counts))}>", flush=True)
     return 0
 
 

@@ -7,6 +7,7 @@ the collective merge equals the serial ``choose_current`` + ``merge_results`` ex
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -32,7 +33,8 @@ def test_merge_across_currents_equals_serial(n):
         pytest.fail(f"mpirun -n {n} did not finish within 90 s (hung collective?)\n{e.stdout}")
     out = p.stdout + p.stderr
     assert p.returncode == 0, out
-    ok = [line.split() for line in p.stdout.splitlines() if line.startswith("OK")]
+    # ranks print concurrently, so lines can run into each other: match, don't split lines
+    ok = [("OK " + m).split() for m in re.findall(r"<OK ([^>]*)>", p.stdout)]
     assert sorted(int(w[1]) for w in ok) == list(range(n)), out
     counts = {tuple(w[2:]) for w in ok}
     assert len(counts) == 1, out  # the same merge on every rank
