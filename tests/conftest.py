@@ -80,3 +80,25 @@ def detach(path: Path) -> None:
     tmp = path.with_name(path.name + ".copy")
     shutil.copyfile(path, tmp)
     os.replace(tmp, path)
+
+
+def run_jobs(base: Path, jobs: dict[int, int], write_conf, result: str, timeout: float = 60
+             ) -> dict[int, tuple[Path, MPIResult]]:
+    """Run one job per ``{ranks: chunk_frames}``; ``write_conf(conf_path, out_dir,
+    chunk_frames)`` writes its config. Returns ``{ranks: (out_dir / result, MPIResult)}``."""
+    outs = {}
+    for n, chunk in jobs.items():
+        out = base / f"out{n}"
+        conf = write_conf(base / f"run{n}.conf", out, chunk)
+        r = run_mpi(n, [conf], timeout=timeout)
+        assert r.returncode == 0, r.output
+        outs[n] = (out / result, r)
+    return outs
+
+
+def load_datasets(path: Path, names) -> dict:
+    """The datasets ``names`` of an HDF5 file as arrays."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        return {k: f[k][()] for k in names}

@@ -24,7 +24,7 @@ import pytest
 from calib_mpi.process.drscs import process_scan
 from calib_mpi.synthetic.cfel_drscs import CfelDrscsSet, write_drscs_config, write_drscs_runs
 
-from .conftest import run_mpi
+from .conftest import load_datasets, run_jobs
 
 pytestmark = pytest.mark.mpi
 
@@ -44,20 +44,14 @@ def lab_drscs(tmp_path_factory):
 @pytest.fixture(scope="module")
 def outputs(lab_drscs, tmp_path_factory):
     raw, _, p = lab_drscs
-    base = tmp_path_factory.mktemp("cfel_drscs_out")
-    outs = {}
-    for n, chunk in JOBS.items():
-        out = base / f"out{n}"
-        conf = write_drscs_config(base / f"run{n}.conf", raw, out, p, chunk_frames=chunk)
-        r = run_mpi(n, [conf], timeout=120)
-        assert r.returncode == 0, r.output
-        outs[n] = (out / "drscs" / "drscs_M304_cfel.h5", r)
-    return outs
+    return run_jobs(tmp_path_factory.mktemp("cfel_drscs_out"), JOBS,
+                    lambda conf, out, chunk: write_drscs_config(conf, raw, out, p,
+                                                                chunk_frames=chunk),
+                    "drscs/drscs_M304_cfel.h5", timeout=120)
 
 
 def _load(path):
-    with h5py.File(path, "r") as f:
-        return {k: f[k][()] for k in DATASETS}
+    return load_datasets(path, DATASETS)
 
 
 def test_identical_for_1_and_2_ranks(outputs):

@@ -24,7 +24,7 @@ import pytest
 from calib_mpi.badpixels import BadPixels
 from calib_mpi.synthetic.cfel_scans import CfelDrspcSet, write_config, write_drspc_runs
 
-from .conftest import run_mpi
+from .conftest import load_datasets, run_jobs, run_mpi
 
 pytestmark = pytest.mark.mpi
 
@@ -45,20 +45,13 @@ def lab_drspc(tmp_path_factory):
 @pytest.fixture(scope="module")
 def outputs(lab_drspc, tmp_path_factory):
     raw, _, p = lab_drspc
-    base = tmp_path_factory.mktemp("cfel_drspc_out")
-    outs = {}
-    for n, chunk in JOBS.items():
-        out = base / f"out{n}"
-        conf = write_config(base / f"run{n}.conf", raw, out, p, chunk_frames=chunk)
-        r = run_mpi(n, [conf], timeout=60)
-        assert r.returncode == 0, r.output
-        outs[n] = (out / "drspc" / "drspc_M304_cfel.h5", r)
-    return outs
+    return run_jobs(tmp_path_factory.mktemp("cfel_drspc_out"), JOBS,
+                    lambda conf, out, chunk: write_config(conf, raw, out, p, chunk_frames=chunk),
+                    "drspc/drspc_M304_cfel.h5")
 
 
 def _load(path):
-    with h5py.File(path, "r") as f:
-        return {k: f[k][()] for k in DATASETS}
+    return load_datasets(path, DATASETS)
 
 
 def test_identical_for_1_and_2_ranks(outputs):

@@ -21,7 +21,7 @@ import pytest
 from calib_mpi.readers.cfel import DATA, SEQUENCE
 from calib_mpi.synthetic.cfel_scans import CfelXraySet, write_xray_config, write_xray_run
 
-from .conftest import run_mpi
+from .conftest import load_datasets, run_jobs
 from .test_process_xray import WINDOW, check_pulls, truncated_m2
 
 pytestmark = pytest.mark.mpi
@@ -45,20 +45,14 @@ def lab_xray(tmp_path_factory):
 @pytest.fixture(scope="module")
 def outputs(lab_xray, tmp_path_factory):
     raw, _, p = lab_xray
-    base = tmp_path_factory.mktemp("cfel_xray_out")
-    outs = {}
-    for n, chunk in JOBS.items():
-        out = base / f"out{n}"
-        conf = write_xray_config(base / f"run{n}.conf", raw, out, p, chunk_frames=chunk)
-        r = run_mpi(n, [conf], timeout=60)
-        assert r.returncode == 0, r.output
-        outs[n] = (out / "xray" / "xray_M304_cfel.h5", r)
-    return outs
+    return run_jobs(tmp_path_factory.mktemp("cfel_xray_out"), JOBS,
+                    lambda conf, out, chunk: write_xray_config(conf, raw, out, p,
+                                                               chunk_frames=chunk),
+                    "xray/xray_M304_cfel.h5")
 
 
-def _load(path: Path) -> dict[str, np.ndarray]:
-    with h5py.File(path, "r") as f:
-        return {k: f[k][()] for k in DATASETS}
+def _load(path):
+    return load_datasets(path, DATASETS)
 
 
 def test_identical_for_1_and_2_ranks(outputs):
