@@ -24,7 +24,7 @@ FACILITIES = ("xfel", "cfel")
 RUNS_NEEDED = {
     "dark": (3, "high, medium, low gain"),
     "drspc": (8, "row groups r1..r8"),
-    "drscs": (4, "column groups col15, col26, col37, col48 of one current"),
+    "drscs": (4, "column groups col15, col26, col37, col48, per current"),
     "xray": (1, "fluorescence run"),
 }
 MEASUREMENTS = tuple(RUNS_NEEDED)
@@ -113,7 +113,11 @@ class Config:
     temperature: str | None = None
     position: str | None = None
     spec: str | None = None
+    #: drscs: the current this configuration reads (None while several are configured: see
+    #: :meth:`Config.for_current`)
     current: str | None = None
+    #: drscs: every configured current, in the configured order (the merge's tie-break)
+    currents: tuple[str, ...] = ()
     subdir: str | None = None
     run_names: tuple[str, ...] | None = None
     chunk_frames: int = 1024
@@ -141,6 +145,14 @@ class Config:
     quiet: bool = False
     config_file: str | None = None
     extra: dict = field(default_factory=dict)
+
+    def for_current(self, index: int) -> Config:
+        """The configuration of one drscs current: its name, its four runs (XFEL, or lab
+        runs given explicitly) and, for lab files, the file-name ``spec`` (the current)."""
+        name = self.currents[index]
+        runs = self.runs[4 * index:4 * index + 4] if self.runs else ()
+        spec = name if self.facility == "cfel" and len(self.currents) > 1 else self.spec
+        return dataclasses.replace(self, current=name, runs=runs, spec=spec)
 
     def as_dict(self) -> dict:
         """JSON-friendly view (paths as strings) for provenance attributes."""
@@ -267,7 +279,10 @@ def build_parser(default_files: list[str] | None = None) -> configargparse.ArgPa
     g.add_argument("--spec", help="file-name word after the measurement, e.g. tint150ns (dark "
                    "integration time); leave out when the names have none; xray: default "
                    "xray_target (Cu, Mo)")
-    g.add_argument("--current", help="drscs only: current sub-directory, e.g. itestc150")
+    g.add_argument("--current", "--currents", nargs="+",
+                   help="drscs only: the currents, e.g. 'itestc20 itestc80 itestc150' (lab: "
+                   "their sub-directories); several are processed in parallel by rank groups and "
+                   "merged per (cell, pixel); the order breaks ties in the merge")
     g.add_argument("--subdir", help="optional sub-directory below <measurement>/, e.g. burst")
     g.add_argument("--run_names", "--run-names", nargs="+",
                    help="run names in the file names, in order; dark: high, medium, low gain "
@@ -442,21 +457,30 @@ def _cfel_settings(ns, runs: tuple[int, ...], modules: tuple[int, ...]
             raise ConfigError(f"{key}: pictures and pycalibration constants are made for "
                               "European XFEL modules only; leave it out for facility cfel")
     words = {}
-    for key in ("module_serial", "temperature", "position", "spec", "current", "subdir"):
+    currents = tuple(parse_word_list(ns.current))
+    for key in ("module_serial", "temperature", "position", "spec", "subdir"):
         v = getattr(ns, key)
         if v is not None and not _NAME_WORD.fullmatch(str(v)):
             raise ConfigError(f"{key}: {v!r} — expected one directory or file-name word "
                               "(letters, digits, _ . + -)")
         words[key] = str(v) if v else None
+    bad = [c for c in currents if not _NAME_WORD.fullmatch(c)]
+    if bad or len(set(currents)) != len(currents):
+        raise ConfigError(f"current: {list(currents)} — expected distinct directory names "
+                          "(letters, digits, _ . + -)")
     if ns.measurement == "xray" and not words["spec"]:
         words["spec"] = ns.xray_target  # lab xray names carry the target: ..._xray_Cu_...
-    if ns.measurement == "drscs" and not words["current"]:
+    if ns.measurement == "drscs" and not currents:
         raise ConfigError("current: drscs lab runs sit in a current sub-directory "
-                          "(<temperature>/drscs/<current>/); give one, e.g. current = itestc150")
-    if ns.measurement == "drscs" and not words["spec"]:
-        words["spec"] = words["current"]  # lab drscs names carry the current: ..._drscs_itestc150_
-    if words["current"] and ns.measurement != "drscs":
-        raise ConfigError(f"current: {words['current']!r} — only drscs runs sit in a current "
+                          "(<temperature>/drscs/<current>/); give one or more, e.g. current = "
+                          "itestc20 itestc80 itestc150")
+    if ns.measurement == "drscs" and len(currents) > 1 and words["spec"]:
+        raise ConfigError(f"spec: {words['spec']!r} — with several currents the file names "
+                          "carry each current (..._drscs_<current>_col15_...); leave spec out")
+    if ns.measurement == "drscs" and not words["spec"] and len(currents) == 1:
+        words["spec"] = currents[0]  # lab drscs names carry the current: ..._drscs_itestc150_
+    if currents and ns.measurement != "drscs":
+        raise ConfigError(f"current: {' '.join(currents)!r} — only drscs runs sit in a current "
                           f"sub-directory; leave it out for measurement {ns.measurement}")
     if len(modules) > 1:
         raise ConfigError(f"modules: {list(modules)} — facility cfel calibrates one module per "
@@ -470,13 +494,32 @@ def _cfel_settings(ns, runs: tuple[int, ...], modules: tuple[int, ...]
     bad = [n for n in names if (n or ns.measurement != "xray") and not _NAME_WORD.fullmatch(n)]
     if bad or len(set(names)) != len(names):
         raise ConfigError(f"run_names: {list(names)} — expected distinct file-name words")
-    if runs and len(runs) != len(names):
+    n_sets = max(len(currents), 1)
+    if runs and len(runs) != len(names) * n_sets:
+        per = " per current" if ns.measurement == "drscs" else ""
         raise ConfigError(f"runs: {list(runs)} — facility cfel needs one run number per run "
-                          f"name ({' '.join(names)}), or none to find them from the file names")
+                          f"name ({' '.join(names)}){per}, or none to find them from the file "
+                          "names")
     if not 1 <= ns.n_cells <= 352:
         raise ConfigError(f"n_cells: {ns.n_cells} — facility cfel needs the memory cells per "
                           "train, 1..352 (352 in burst mode; facility default 352)")
-    return runs, modules or (0,), dict(words, run_names=names)
+    return runs, modules or (0,), dict(words, run_names=names, currents=currents,
+                                       current=currents[0] if len(currents) == 1 else None)
+
+
+def _xfel_currents(ns, runs: tuple[int, ...]) -> dict:
+    """XFEL drscs: four runs per current, named by ``current`` (default current1, ...)."""
+    names = tuple(parse_word_list(ns.current))
+    if not runs or len(runs) % 4:
+        raise ConfigError(f"runs: drscs needs four runs (col15, col26, col37, col48) per "
+                          f"current, got {len(runs)}: {list(runs)}")
+    n = len(runs) // 4
+    if not names:
+        names = tuple(f"current{i + 1}" for i in range(n))
+    if len(names) != n or len(set(names)) != n:
+        raise ConfigError(f"current: {list(names)} — expected {n} distinct name(s), one per "
+                          f"four runs (runs = {list(runs)})")
+    return {"currents": names, "current": names[0] if n == 1 else None}
 
 
 def parse_config(argv: list[str]) -> Config:
@@ -513,11 +556,17 @@ def parse_config(argv: list[str]) -> Config:
     if bad:
         raise ConfigError(f"steps: unknown step(s) {bad}; expected a subset of {ALL_STEPS}")
     n_runs, meaning = RUNS_NEEDED[ns.measurement]
-    if ns.facility == "xfel" and n_runs is not None and len(runs) != n_runs:
+    xfel_currents: dict = {}
+    if ns.facility == "xfel" and ns.measurement == "drscs":
+        xfel_currents = _xfel_currents(ns, runs)
+    elif ns.facility == "xfel" and n_runs is not None and len(runs) != n_runs:
         raise ConfigError(
             f"runs: {ns.measurement} needs exactly {NUMBER_WORDS.get(n_runs, n_runs)} run(s) "
             f"({meaning}), got {len(runs)}: {list(runs)}"
         )
+    if ns.facility == "xfel" and ns.current and ns.measurement != "drscs":
+        raise ConfigError(f"current: only drscs has currents; leave it out for measurement "
+                          f"{ns.measurement}")
     if ns.chunk_frames < 1:
         raise ConfigError("chunk_frames must be at least 1")
     w = tuple(int(v) for v in _floats(ns.drspc_windows, "drspc_windows", 4))
@@ -534,7 +583,7 @@ def parse_config(argv: list[str]) -> Config:
         raise ConfigError("xray_origin_trains must be at least 1")
     if ns.photon_energy < 0:
         raise ConfigError("photon_energy must be positive (or 0: from xray_target)")
-    cfel: dict = {}
+    cfel: dict = dict(xfel_currents)
     if ns.facility == "cfel":
         runs, modules, cfel = _cfel_settings(ns, runs, modules)
     return Config(

@@ -18,7 +18,7 @@ from mpi4py import MPI
 
 from .geometry import AsicBlock
 from .parallel import agree, open_h5
-from .plan import Plan, Unit
+from .plan import Unit
 
 
 @dataclass(frozen=True)
@@ -64,14 +64,24 @@ def _set_attr(obj, key: str, value) -> None:
         obj.attrs[key] = value
 
 
-def write_module(comm: MPI.Comm, plan: Plan, module: int, path: Path, driver: str,
+@dataclass
+class ResultPart:
+    """Datasets of one kind in a module file: ``<prefix><spec.name>`` for every spec, with
+    this rank's ASIC results (unit -> {name: (lead..., cell, 64, 64)})."""
+
+    specs: list[DatasetSpec]
+    results: dict[Unit, dict[str, np.ndarray]]
+    prefix: str = ""
+
+
+def write_module(comm: MPI.Comm, module: int, path: Path, driver: str, n_cells: int,
                  blocks: list[AsicBlock], frame_shape: tuple[int, int],
-                 specs: list[DatasetSpec], results: dict[Unit, dict[str, np.ndarray]],
-                 attrs: dict, extra: dict[str, np.ndarray]) -> None:
+                 parts: list[ResultPart], attrs: dict, extra: dict[str, np.ndarray]) -> None:
     """Collectively write one module file (all ranks call this for every module).
 
-    ``results`` holds this rank's units; ``attrs`` (root attributes) and ``extra`` (small
-    datasets, path -> array) must be identical on all ranks.
+    Each part's ``results`` holds this rank's units of ``module`` (a rank may hold none);
+    ``attrs`` (root attributes) and ``extra`` (small datasets, path -> array) must be
+    identical on all ranks.
     """
     tmp = tmp_name(path)
     err = None
@@ -84,11 +94,11 @@ def write_module(comm: MPI.Comm, plan: Plan, module: int, path: Path, driver: st
             err = e
     agree(comm, err)
     collective = driver == "mpio"
-    mine = [u for u in plan.units_of(comm.rank) if u.module == module]
-    n_calls = max(len(plan.units_in_module(r, module)) for r in range(comm.size))
-    if driver != "mpio":
-        if comm.size != 1:
-            raise RuntimeError("serial HDF5 output needs a single rank")
+    if driver != "mpio" and comm.size != 1:
+        raise RuntimeError("serial HDF5 output needs a single rank")
+    mine = [sorted(part.results, key=lambda u: u.block) for part in parts]
+    n_calls = comm.allgather([len(m) for m in mine])
+    n_calls = [max(n[i] for n in n_calls) for i in range(len(parts))]
     try:
         f = open_h5(str(tmp), "w", driver, comm)
     except Exception as e:  # collective open: every rank sees the failure
@@ -99,27 +109,26 @@ def write_module(comm: MPI.Comm, plan: Plan, module: int, path: Path, driver: st
             _set_attr(f, k, v)
         for name, arr in extra.items():
             arr = np.asarray(arr)
-            if arr.dtype.kind == "U":
-                arr = arr.astype(h5py.string_dtype())
-                f.create_dataset(name, data=arr)
-            else:
-                d = f.create_dataset(name, shape=arr.shape, dtype=arr.dtype)
-                if comm.rank == 0 or driver != "mpio":
-                    d[...] = arr
-        for spec in specs:
-            shape = spec.lead + (plan.n_cells,) + tuple(frame_shape)
-            # one HDF5 chunk per (lead, cell) and ASIC: every ASIC write is whole chunks
-            # (2.5x faster than a contiguous layout), and a frame [k, c] is 16 small chunks
-            d = f.create_dataset(spec.name, shape=shape, dtype=spec.dtype,
-                                 chunks=(1,) * (len(spec.lead) + 1) + (64, 64))
-            d.attrs["dims"] = np.array(spec.dims, dtype=h5py.string_dtype())
-            for i in range(n_calls):
-                if i < len(mine):
-                    b = blocks[mine[i].block]
-                    start = (0,) * (len(spec.lead) + 1) + (b.rows.start, b.cols.start)
-                    _write(d, start, results[mine[i]][spec.name], collective)
-                else:
-                    _write(d, None, None, collective)
+            if arr.dtype.kind == "U":  # parallel HDF5 cannot write variable-length strings
+                arr = np.char.encode(arr, "utf-8")
+            d = f.create_dataset(name, shape=arr.shape, dtype=arr.dtype)
+            if comm.rank == 0 or driver != "mpio":
+                d[...] = arr
+        for part, units, n in zip(parts, mine, n_calls, strict=True):
+            for spec in part.specs:
+                shape = spec.lead + (n_cells,) + tuple(frame_shape)
+                # one HDF5 chunk per (lead, cell) and ASIC: every ASIC write is whole chunks
+                # (2.5x faster than a contiguous layout), and a frame [k, c] is 16 small chunks
+                d = f.create_dataset(part.prefix + spec.name, shape=shape, dtype=spec.dtype,
+                                     chunks=(1,) * (len(spec.lead) + 1) + (64, 64))
+                d.attrs["dims"] = np.array(spec.dims, dtype=h5py.string_dtype())
+                for i in range(n):
+                    if i < len(units):
+                        b = blocks[units[i].block]
+                        start = (0,) * (len(spec.lead) + 1) + (b.rows.start, b.cols.start)
+                        _write(d, start, part.results[units[i]][spec.name], collective)
+                    else:
+                        _write(d, None, None, collective)
     comm.Barrier()
     err = None
     if comm.rank == 0:

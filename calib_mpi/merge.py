@@ -7,7 +7,8 @@ dictionary of those series. :func:`merge_across_currents` applies the rule of
 (``allgather``) and builds the merged fields with one ``Allreduce`` (sum) per field: each rank
 contributes its current's values where that current was chosen and zeros elsewhere, and every
 series is chosen from exactly one current, so the sum is the chosen value (NaN included). The
-result equals :func:`~calib_mpi.process.drscs.merge_results` of all currents, on every rank.
+result equals :func:`~calib_mpi.process.drscs.merge_results` of all currents, on every rank
+(or, with ``root``, one ``Reduce`` per field to the rank that writes the result).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ def merge_across_currents(
     comm: MPI.Comm,
     results_by_current: Mapping[int, Mapping[str, np.ndarray]],
     order: Sequence[int] | None = None,
-) -> dict[str, np.ndarray]:
+    root: int | None = None,
+) -> dict[str, np.ndarray] | None:
     """Collective: merge per-current results of the same series held by different ranks.
 
     Parameters
@@ -35,12 +37,18 @@ def merge_across_currents(
         take part with an empty mapping).
     results_by_current : current index (0..n-1 over the whole communicator) -> process_scan
         dict of this rank's currents; every index held by exactly one rank, same keys and
-        shapes everywhere (last axis P = the series).
+        shapes everywhere. ``error_code`` has the series shape, e.g. ``(P,)`` or
+        ``(1, cell, 64, 64)``; every other field broadcasts it along its leading axis, e.g.
+        ``(k, P)`` or ``(k, cell, 64, 64)``.
     order : ranks of the configured current order (see ``choose_current``); default index.
+    root : rank of ``comm`` that gets the result (``Reduce``); None: every rank
+        (``Allreduce``).
 
     Returns
     -------
-    The merged dict (same keys, plus ``chosen_current`` (P,) int16), identical on all ranks.
+    The merged dict (same keys, plus ``chosen_current`` int16 of the ``error_code`` shape:
+    the index of the chosen current, -1 where the series failed in every current), on every
+    rank or on ``root`` only (None elsewhere).
     """
     mine = {int(c): r for c, r in results_by_current.items()}
     held = comm.allgather(sorted(mine))
@@ -50,7 +58,9 @@ def merge_across_currents(
     codes: dict[int, np.ndarray] = {}
     for d in comm.allgather({c: np.asarray(r["error_code"]) for c, r in mine.items()}):
         codes.update(d)
-    chosen, _ = choose_current(np.stack([codes[c] for c in all_cur]), order=order)
+    series_shape = codes[0].shape
+    chosen, _ = choose_current(np.stack([codes[c].reshape(-1) for c in all_cur]), order=order)
+    chosen = chosen.reshape(series_shape)
     # field layout (name, shape, dtype) from the lowest current
     owner = next(i for i, h in enumerate(held) if 0 in h)
     layout = comm.bcast([(k, np.shape(v), np.asarray(v).dtype) for k, v in mine[0].items()]
@@ -61,7 +71,14 @@ def merge_across_currents(
         for c, r in mine.items():
             sel = np.broadcast_to(chosen == c, shape)
             buf[sel] = np.asarray(r[key], dtype)[sel]
-        comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
+        if root is None:
+            comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
+        elif comm.rank == root:
+            comm.Reduce(MPI.IN_PLACE, buf, op=MPI.SUM, root=root)
+        else:
+            comm.Reduce(buf, None, op=MPI.SUM, root=root)
         out[key] = buf
+    if root is not None and comm.rank != root:
+        return None
     out["chosen_current"] = np.where(out["error_code"] == 0, chosen, -1).astype(np.int16)
     return out

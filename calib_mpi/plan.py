@@ -18,7 +18,7 @@ from .readers.xfel import DUP_TRAIN, ISOLATED, NON_MONOTONIC, FileIndex, add_cou
 CELL_SETTINGS = (4, 32, 64, 76, 128, 176, 202, 250, 352)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, order=True)
 class Unit:
     """One ASIC block of one module: the unit of work owned by exactly one rank."""
 

@@ -306,21 +306,51 @@ def _combine_xfel(cfg: Config, listing: dict, merged: dict, todo: list[int], n_r
     return plan, plan_record(plan, cfg, missing, notes)
 
 
-def make_plan(comm: MPI.Comm, cfg: Config) -> tuple[Plan | None, dict]:
+def list_inputs(cfg: Config) -> tuple[dict, tuple[int, ...], dict]:
+    """The input files of a job: (run_index, module) -> files, run numbers, missing modules."""
+    if cfg.facility == "cfel":
+        listing, runs = list_files_cfel(cfg)
+        return listing, runs, {}
+    listing, missing = list_files(cfg, cfg.modules)
+    return listing, cfg.runs, missing
+
+
+def check_current_outputs(comm: MPI.Comm, cfg: Config) -> tuple[list[int], list[str]]:
+    """Collective: list the inputs of every drscs current and decide once, for the merged
+    result, which modules to compute (:func:`check_outputs` over all currents' files)."""
+    out, err = None, None
+    if comm.rank == 0:
+        try:
+            listing = {}
+            for i in range(len(cfg.currents)):
+                for (ri, m), paths in list_inputs(cfg.for_current(i))[0].items():
+                    listing[((i, ri), m)] = paths
+            out = check_outputs(cfg, listing)
+        except CalibError as e:
+            err = e
+    err = comm.bcast(err, root=0)
+    if err is not None:
+        raise err
+    return comm.bcast(out, root=0)
+
+
+def make_plan(comm: MPI.Comm, cfg: Config, check: bool = True) -> tuple[Plan | None, dict]:
     """Collective: scan the input files; returns the same plan and record on every rank.
 
     The plan is None when every module already has a complete identical result (resume).
+    ``check = False`` leaves the existing results alone (the caller checked them, e.g. once
+    for all drscs currents with :func:`check_current_outputs`).
     """
     listing, missing, todo, notes, err = None, None, None, None, None
     is_cfel = cfg.facility == "cfel"
     runs = cfg.runs
     if comm.rank == 0:
         try:
-            if is_cfel:
-                (listing, runs), missing = list_files_cfel(cfg), {}
+            listing, runs, missing = list_inputs(cfg)
+            if check:
+                todo, notes = check_outputs(cfg, listing)
             else:
-                listing, missing = list_files(cfg, cfg.modules)
-            todo, notes = check_outputs(cfg, listing)
+                todo, notes = sorted({m for (_, m) in listing}), []
         except CalibError as e:
             err = e
     err = comm.bcast(err, root=0)

@@ -2,7 +2,8 @@
 
 Current c is processed by rank ``c % size`` (ranks beyond the third hold none); every rank
 compares the collective merge with the serial choose_current/merge_results and exits 1 on a
-mismatch. Prints ``OK <rank> <n chosen per current>`` on success.
+mismatch (also for the Reduce variant with ``root``). Prints ``OK <rank> <n chosen per
+current>`` on success.
 """
 
 import sys
@@ -40,6 +41,12 @@ def main() -> int:
     bad = [k for k in want if not (merged[k].dtype == want[k].dtype
                                    and np.array_equal(merged[k], want[k], equal_nan=True))]
     bad += sorted(set(merged) ^ set(want))
+    root = comm.size - 1  # the Reduce variant: the result on one rank only
+    at_root = merge_across_currents(comm, mine, root=root)
+    if comm.rank != root and at_root is not None:
+        bad.append("root=: result on a non-root rank")
+    if comm.rank == root:
+        bad += [k for k in want if not np.array_equal(at_root[k], want[k], equal_nan=True)]
     if bad:
         print(f"MISMATCH rank {comm.rank}: {bad}", flush=True)
         return 1

@@ -1,6 +1,6 @@
 """Measurement recipes: how each measurement plugs its processor into gather and join.
 
-A recipe is built per job as ``Recipe(cfg, plan)`` and driven by :func:`calib_mpi.cli.run`:
+A recipe is built per job as ``Recipe(cfg, plan)`` and driven by :func:`calib_mpi.pipeline.run`:
 
 - ``start(units)``: create the per-ASIC processors of this rank's units;
 - ``consume(unit, run_index, frames, r0, c0, cells, trains, group)``: called by

@@ -1,20 +1,29 @@
 """Synthetic CFEL (DESY lab) drscs (current source) run sets with known ground truth.
 
-One current per directory, four runs ``col15 col26 col37 col48`` (run k injects chip columns
-``kappa ≡ k (mod 4)``, ``shared/spec/formats.md`` 3.4) in the lab layout
+One directory per current, four runs ``col15 col26 col37 col48`` each (run k injects chip
+columns ``kappa ≡ k (mod 4)``, ``shared/spec/formats.md`` 3.4), in the lab layout
 ``<input_dir>/<temperature>/drscs/<current>/<module>_<position>_drscs_<current>_<name>_<run:05>
 _part<part:05>.nxs``, written with :func:`calib_mpi.synthetic.cfel_scans.write_lab_run`.
 Frames are in the AGIPD frame ``(128, 512)``; the scan step is the train position. Each ASIC
-block gets its own :func:`~calib_mpi.synthetic.drscs.make_drscs_scans` series
-``(cell, 64, 64)`` (with its failure kinds at series 1..7 when ``inject_failures``); run k
-carries them on its injected pixels and a high-gain baseline (offset, level, noise) elsewhere.
-``lost_trains`` maps a run index to trains lost completely in that run.
+block gets its own :func:`~calib_mpi.synthetic.drscs.make_drscs_scans` series ``(cell, 64, 64)``
+for all currents (slopes proportional to the current, offsets shared), with its failure kinds at
+series 1..7 when ``inject_failures``; run k carries them on its injected pixels and a high-gain
+baseline (offset, level, noise) elsewhere. ``lost_trains`` maps a run index to trains lost
+completely in that run (in every current).
 
-``truth_cfel_drscs_<current>.h5``: ``analog``, ``digital`` (step, cell, 128, 512) uint16 and
+Merge cases (several currents, ``inject_failures``), per ASIC block b with C currents:
+``fc = b mod C`` fails series 4 (``KIND_FAILS_ONE_CURRENT``) and 11; the ASIC's best current
+``best = (b - 1) mod C`` fails series 10 only; every other current fails 8, 9 and 12. So
+``best`` has the fewest failures (7 with the six common kinds), and series 10 is filled from
+``fc`` (8 failures, fewer than the others' 9). ``expected_chosen`` holds the resulting current
+index per (cell, pixel) (-1 where every current fails), made from this design, not from the
+merge code.
+
+``truth_cfel_drscs.h5``: ``analog``, ``digital`` (current, step, cell, 128, 512) uint16 and
 ``valid`` (bool) — the scan each pixel really got from its injecting run (the input to compare
-with a serial :func:`~calib_mpi.process.drscs.process_scan`); ``slope`` (3, cell, row, col)
-generating slopes, ``offset`` (3, ...), ``gain_level`` (3, ...), ``expected_error`` (cell,
-row, col) and ``column_group`` (row, col).
+with a serial :func:`~calib_mpi.process.drscs.process_scan`); ``slope`` (current, 3, cell, row,
+col) generating slopes, ``offset`` and ``gain_level`` (3, cell, row, col), ``expected_error``
+(current, cell, row, col), ``expected_chosen`` (cell, row, col) and ``column_group`` (row, col).
 """
 
 from __future__ import annotations
@@ -28,7 +37,7 @@ import numpy as np
 
 from ..geometry import AGIPD_FRAME, asic_blocks, chip_coordinates
 from .cfel_scans import write_lab_run
-from .drscs import make_drscs_scans
+from .drscs import KIND_ALL_LOST, make_drscs_scans
 from .xfel_scans import _to_uint16
 
 #: error code of the all-zero series (KIND_ALL_LOST written as zeros): no gain switch
@@ -37,16 +46,17 @@ ALL_ZERO_ERROR = 3
 
 @dataclass
 class CfelDrscsSet:
-    """Parameters of a synthetic lab drscs run set (one module, one current, four runs)."""
+    """Parameters of a synthetic lab drscs run set (one module, one or more currents)."""
 
     module: str = "M304"
     position: str = "m2"
     temperature: str = "temperature_m20C"
-    current: str = "itestc80"
-    #: current value for the signal model (slopes proportional to it)
-    current_value: float = 80.0
+    currents: tuple[str, ...] = ("itestc70", "itestc85", "itestc100")
+    #: current values for the signal model (slopes proportional to them)
+    current_values: tuple[float, ...] = (70.0, 85.0, 100.0)
     run_names: tuple[str, ...] = ("col15", "col26", "col37", "col48")
-    runs: tuple[int, ...] = (19, 20, 21, 22)
+    #: run number of col15 of the first current; the others follow (4 per current)
+    first_run: int = 19
     n_cells: int = 1
     n_trains: int = 240
     n_parts: int = 2
@@ -54,8 +64,31 @@ class CfelDrscsSet:
     noise: float = 5.0
     inject_failures: bool = True
     #: run index -> trains lost completely in that run
-    lost_trains: dict = field(default_factory=lambda: {1: (3,), 2: (120,)})
+    lost_trains: dict = field(default_factory=lambda: {1: (30,), 2: (120,)})
     seed: int = 4321
+
+    def runs(self, current: int) -> tuple[int, ...]:
+        """Run numbers of current ``current`` (index), in run-name order."""
+        n = len(self.run_names)
+        return tuple(range(self.first_run + n * current, self.first_run + n * (current + 1)))
+
+
+def merge_failures(block: int, n_currents: int) -> tuple[int, dict[int, int], np.ndarray]:
+    """The merge cases of one ASIC block (module docstring): ``fail_current``, the
+    ``extra_failures`` of :func:`make_drscs_scans` and the expected chosen current per series
+    index 0..12 (-1: every current fails)."""
+    if n_currents == 1:
+        return 0, {}, np.array([0, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0])
+    fc, best = block % n_currents, (block - 1) % n_currents
+    extra = {10: best, 11: fc}
+    for c in range(n_currents):
+        if c not in (fc, best):
+            extra.update({8: c, 9: c, 12: c})
+    chosen = np.full(13, best)
+    chosen[1:8] = -1
+    chosen[4] = best
+    chosen[10] = fc
+    return fc, extra, chosen
 
 
 def column_groups() -> np.ndarray:
@@ -67,76 +100,87 @@ def column_groups() -> np.ndarray:
 
 
 def write_drscs_runs(input_dir: Path | str, p: CfelDrscsSet | None = None) -> Path:
-    """Write the four lab drscs runs of one current and their truth; returns the truth path."""
+    """Write the four lab drscs runs of every current and their truth; returns the truth
+    path."""
     p = p or CfelDrscsSet()
     out = Path(input_dir)
-    d = out / p.temperature / "drscs" / p.current
+    n_cur = len(p.currents)
     shape = (p.n_cells,) + AGIPD_FRAME
-    analog = np.empty((p.n_trains,) + shape, np.uint16)
+    analog = np.empty((n_cur, p.n_trains) + shape, np.uint16)
     digital = np.empty_like(analog)
-    truth = {k: np.empty((3,) + shape) for k in ("slope", "offset", "gain_level")}
-    expected = np.empty(shape, np.int16)
+    slope = np.empty((n_cur, 3) + shape)
+    truth = {k: np.empty((3,) + shape) for k in ("offset", "gain_level")}
+    expected = np.empty((n_cur,) + shape, np.int16)
+    chosen = np.full(shape, -1, np.int16)
     for b, blk in enumerate(asic_blocks(AGIPD_FRAME, 0)):
+        fc, extra, want = merge_failures(b, n_cur) if p.inject_failures else (0, {}, None)
         s = make_drscs_scans(seed=p.seed * 100 + b, n_steps=p.n_trains,
-                             shape=(p.n_cells, 64, 64), currents=(p.current_value,),
+                             shape=(p.n_cells, 64, 64), currents=p.current_values,
                              analog_noise=p.noise, inject_failures=p.inject_failures,
-                             fail_current=0)
-        sl = (slice(None), slice(None), blk.rows, blk.cols)
-        analog[sl] = s.analog[0].reshape((p.n_trains, p.n_cells, 64, 64))
-        digital[sl] = s.digital[0].reshape((p.n_trains, p.n_cells, 64, 64))
+                             fail_current=fc, extra_failures=extra)
+        sl = (slice(None), slice(None), slice(None), blk.rows, blk.cols)
+        analog[sl] = s.analog.reshape((n_cur, p.n_trains, p.n_cells, 64, 64))
+        digital[sl] = s.digital.reshape((n_cur, p.n_trains, p.n_cells, 64, 64))
         t = s.truth
-        for k, v in (("slope", t.slope[0]), ("offset", t.offset), ("gain_level", t.gain_level)):
-            truth[k][sl] = v.reshape((3, p.n_cells, 64, 64))
-        expected[:, blk.rows, blk.cols] = t.expected_error[0].reshape((p.n_cells, 64, 64))
+        slope[sl] = t.slope.reshape((n_cur, 3, p.n_cells, 64, 64))
+        for k in truth:
+            truth[k][sl[1:]] = getattr(t, k).reshape((3, p.n_cells, 64, 64))
+        exp = t.expected_error.reshape((n_cur, p.n_cells, 64, 64))
+        if p.inject_failures:
+            # KIND_ALL_LOST: in a lab file the "lost" samples are recorded zeros, so the series
+            # is valid and never switches (error 3, too few gain stages), not error 10
+            exp[:, 0, 0, KIND_ALL_LOST] = ALL_ZERO_ERROR
+        expected[sl[:1] + sl[2:]] = exp
+        ch = np.zeros(exp[0].size, np.int16)  # no failures: all tie, the first is chosen
+        if want is not None:
+            ch[:] = (b - 1) % n_cur
+            ch[:13] = want
+        ch = np.where((exp == 0).any(axis=0).ravel(), ch, -1).reshape(exp.shape[1:])
+        chosen[:, blk.rows, blk.cols] = ch
     valid = np.ones(analog.shape, bool)
-    if p.inject_failures:
-        # KIND_ALL_LOST: in a lab file the "lost" samples of series 7 are recorded zeros, so the
-        # series is valid and never switches (error 3, too few gain stages), not error 10
-        for blk in asic_blocks(AGIPD_FRAME, 0):
-            expected[0, blk.rows.start, blk.cols.start + 7] = ALL_ZERO_ERROR
     group = column_groups()
-    rng = np.random.default_rng([p.seed, 1])
-    base_a = np.broadcast_to(truth["offset"][0], analog.shape)
-    base_d = np.broadcast_to(truth["gain_level"][0], analog.shape)
-    d.mkdir(parents=True, exist_ok=True)
-    for k, (name, run) in enumerate(zip(p.run_names, p.runs, strict=True)):
-        lost = set(p.lost_trains.get(k, ()))
-        inj = group == k
-        noise = rng.standard_normal((2,) + analog.shape, dtype=np.float32) * p.noise
-        run_a = np.where(inj, analog, _to_uint16(base_a + noise[0]))
-        run_d = np.where(inj, digital, _to_uint16(base_d + noise[1]))
-        write_lab_run(d, f"{p.module}_{p.position}_drscs_{p.current}_{name}_{run:05d}",
-                      run_a, run_d, lost, p.n_parts, p.chunk_frames)
-        for t in lost:
-            valid[t][:, inj] = False
+    for c, current in enumerate(p.currents):
+        d = out / p.temperature / "drscs" / current
+        d.mkdir(parents=True, exist_ok=True)
+        rng = np.random.default_rng([p.seed, 1, c])
+        base_a = np.broadcast_to(truth["offset"][0], analog.shape[1:])
+        base_d = np.broadcast_to(truth["gain_level"][0], analog.shape[1:])
+        for k, (name, run) in enumerate(zip(p.run_names, p.runs(c), strict=True)):
+            lost = set(p.lost_trains.get(k, ()))
+            inj = group == k
+            noise = rng.standard_normal((2,) + analog.shape[1:], dtype=np.float32) * p.noise
+            run_a = np.where(inj, analog[c], _to_uint16(base_a + noise[0]))
+            run_d = np.where(inj, digital[c], _to_uint16(base_d + noise[1]))
+            write_lab_run(d, f"{p.module}_{p.position}_drscs_{current}_{name}_{run:05d}",
+                          run_a, run_d, lost, p.n_parts, p.chunk_frames)
+            for t in lost:
+                valid[c, t][:, inj] = False
     analog[~valid] = 0
     digital[~valid] = 0
-    path = out / f"truth_cfel_drscs_{p.current}.h5"
+    path = out / "truth_cfel_drscs.h5"
     with h5py.File(path, "w") as tf:
         tf.attrs["params"] = json.dumps(asdict(p), default=str)
-        tf.create_dataset("analog", data=analog)
-        tf.create_dataset("digital", data=digital)
-        tf.create_dataset("valid", data=valid)
-        for k, v in truth.items():
+        for k, v in (("analog", analog), ("digital", digital), ("valid", valid),
+                     ("slope", slope), ("offset", truth["offset"]),
+                     ("gain_level", truth["gain_level"]), ("expected_error", expected),
+                     ("expected_chosen", chosen), ("column_group", group)):
             tf.create_dataset(k, data=v)
-        tf.create_dataset("expected_error", data=expected)
-        tf.create_dataset("column_group", data=group)
     return path
 
 
 def write_drscs_config(path: Path | str, input_dir: Path | str, out_dir: Path | str,
                        p: CfelDrscsSet | None = None, **extra) -> Path:
-    """Write a calib-mpi config (``facility = cfel``, ``measurement = drscs``, one current)."""
+    """Write a calib-mpi config (``facility = cfel``, ``measurement = drscs``, every current)."""
     p = p or CfelDrscsSet()
     lines = [
-        "# calib-mpi config for a synthetic CFEL lab drscs run set (one current)",
+        "# calib-mpi config for a synthetic CFEL lab drscs run set",
         "facility = cfel",
         "measurement = drscs",
         f"input_dir = {Path(input_dir).resolve()}",
         f"temperature = {p.temperature}",
         f"module_serial = {p.module}",
         f"position = {p.position}",
-        f"current = {p.current}",
+        f"current = {' '.join(p.currents)}",
         f"n_cells = {p.n_cells}",
         f"output_dir = {Path(out_dir).resolve()}",
     ] + [f"{k} = {v}" for k, v in extra.items()]

@@ -140,6 +140,7 @@ def make_drscs_scans(
     inject_failures: bool = True,
     fail_current: int = 1,
     saturation_threshold: float = 14000.0,
+    extra_failures: dict[int, int] | None = None,
 ) -> DrscsScans:
     """Generate current-source scans for ``prod(shape)`` series and each current.
 
@@ -155,6 +156,9 @@ def make_drscs_scans(
     inject_failures : put the ``KIND_*`` failures at series 1..7 (needs P >= 8).
     fail_current : index of the current in which series ``KIND_FAILS_ONE_CURRENT`` fails.
     saturation_threshold : ADU, defines the true saturation start above it.
+    extra_failures : series -> current index: that (normal) series never reaches low gain in
+        that current only, like ``KIND_FAILS_ONE_CURRENT`` (expected error 3 there); for
+        building merge cases where each current fails somewhere else.
     """
     rng = np.random.default_rng(seed)
     n_series = int(np.prod(shape))
@@ -174,6 +178,10 @@ def make_drscs_scans(
     levels = np.concatenate([levels, levels[1:] + uni(1300, 1700)[None]])
     sigma = np.full(n_series, analog_noise)
     kind = np.zeros(n_series, dtype=np.int8)
+    if any(j < 8 * inject_failures or j >= n_series or not 0 <= c < n_cur
+           for j, c in (extra_failures or {}).items()):
+        raise ValueError(f"extra_failures {extra_failures}: series must be normal ones (>= 8 "
+                         "with inject_failures) and currents indices")
     if inject_failures:
         if n_series < 8:
             raise ValueError("inject_failures needs at least 8 series")
@@ -209,6 +217,8 @@ def make_drscs_scans(
             top[KIND_SATURATED] = lines[2, min(b2[KIND_SATURATED], n_steps - 1), KIND_SATURATED]
             if 0 <= fail_current < n_cur and c == fail_current:
                 b2[KIND_FAILS_ONE_CURRENT] = n_steps
+        broken = [j for j, cc in (extra_failures or {}).items() if cc == c]
+        b2[broken] = n_steps
         gain = (t[:, None] >= b1).astype(np.int64) + (t[:, None] >= b2)
         clean = np.take_along_axis(lines, gain[None], axis=0)[0]
         ceiling = np.where(gain == 2, top, 14500.0)
@@ -244,6 +254,7 @@ def make_drscs_scans(
         expected[c] = expected_of_kind[kind]
         if inject_failures and c != fail_current:
             expected[c, KIND_FAILS_ONE_CURRENT] = 0
+        expected[c, broken] = EXPECTED_ERROR[KIND_FAILS_ONE_CURRENT]
     truth = DrscsTruth(
         currents=np.asarray(currents, dtype=np.float64),
         slope=slopes,

@@ -1,0 +1,237 @@
+"""The job's steps on a communicator: plan, gather + process, join, timings.
+
+:func:`run` drives one calibration job (``calib_mpi.cli.main`` calls it); drscs jobs go to
+:func:`calib_mpi.currents.run_currents`, which runs :func:`gather_and_process` per current on
+rank groups. Errors about input, configuration or output are raised identically on every
+rank (see :func:`calib_mpi.parallel.agree`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import resource
+import socket
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from mpi4py import MPI
+
+from . import __version__
+from .config import Config
+from .errors import CalibError
+from .facilities import facility
+from .gather import gather_run
+from .join import ResultPart, write_module
+from .parallel import resolve_driver
+from .preprocess import format_record, make_plan, output_path, record_path, write_record
+from .readers.xfel import add_counts
+from .recipes import RECIPES
+
+log = logging.getLogger("calib_mpi")
+
+
+def plan_inputs(plan, module: int) -> list[str]:
+    """Paths of the input files of ``module`` in ``plan``, in (run, file) order."""
+    return [fi.path for (_, m), fl in sorted(plan.files.items()) if m == module for fi in fl]
+
+
+def provenance(cfg: Config, inputs: list[str], comm: MPI.Comm, started: str) -> dict:
+    """Attributes saying how a module file was made: version, config, inputs, ranks, times."""
+    stats = []
+    for path in inputs:
+        st = os.stat(path)
+        stats.append({"path": path, "size": st.st_size,
+                      "mtime": dt.datetime.fromtimestamp(st.st_mtime, dt.UTC).isoformat()})
+    return {
+        "calib_mpi_version": __version__,
+        "config": json.dumps(cfg.as_dict(), default=str),
+        "input_files": json.dumps(stats),
+        "n_ranks": comm.size,
+        "host": socket.gethostname(),
+        "started": started,
+        "finished": dt.datetime.now(dt.UTC).isoformat(),
+    }
+
+
+@dataclass
+class Processed:
+    """What gather + process of one plan produced on this rank."""
+
+    recipe: object
+    #: unit -> {dataset name: (k, cell, 64, 64)} of this rank's units
+    results: dict
+    #: module -> small datasets (recipe.module_extra), identical on all ranks of the plan
+    extra: dict
+    #: module -> recipe summary (identical on all ranks of the plan)
+    summary: dict
+    bytes_read: int
+    seconds_per_run: list
+    seconds_gather: float
+    seconds_process: float
+
+
+def gather_and_process(comm: MPI.Comm, cfg: Config, plan, driver: str) -> Processed:
+    """Collective over ``comm`` (the ranks of ``plan``): stream every run of the plan into the
+    recipe of ``cfg.measurement`` and finalize it. Frames left out while reading are added to
+    ``plan.dropped`` (identically on every rank)."""
+    t0 = time.monotonic()
+    blocks = facility(cfg.facility).blocks()
+    recipe = RECIPES[cfg.measurement](cfg, plan)
+    recipe.start(plan.units_of(comm.rank))
+    rejected, bytes_read, t_runs = {}, 0, []
+    for ri in range(len(plan.runs)):
+        st = gather_run(comm, plan, ri, blocks, recipe.consume, driver, cfg.prefetch,
+                        show_progress=comm.rank == 0 and not cfg.quiet)
+        recipe.end_run(ri)
+        for (m, reason), v in st.rejected.items():
+            rejected[(ri, m, reason)] = v
+        bytes_read += st.bytes_read
+        t_runs.append(st.seconds)
+    for d in comm.allgather(rejected):  # frames left out while reading go into the metadata
+        for (ri, m, reason), v in d.items():
+            add_counts(plan.dropped[(ri, m)], {reason: v})
+    t1 = time.monotonic()
+    results = recipe.finalize(comm)
+    extra = recipe.module_extra(comm, results)
+    summary = recipe.summary(comm, results)
+    return Processed(recipe, results, extra, summary, bytes_read, t_runs, t1 - t0,
+                     time.monotonic() - t1)
+
+
+def module_attrs(cfg: Config, plan, module: int, comm: MPI.Comm, started: str) -> dict:
+    """Root attributes of a module file: provenance, what was measured, trains used."""
+    attrs = provenance(cfg, plan_inputs(plan, module), comm, started)
+    attrs.update({
+        "measurement": cfg.measurement, "facility": cfg.facility, "module": module,
+        "n_cells": plan.n_cells, "runs": np.array(plan.runs),
+        "trains_used": np.array([plan.trains_used[(ri, module)]
+                                 for ri in range(len(plan.runs))]),
+        "dropped": json.dumps({str(plan.runs[ri]): plan.dropped[(ri, module)]
+                               for ri in range(len(plan.runs))}),
+    })
+    if cfg.facility == "cfel":
+        attrs.update({"module_serial": cfg.module_serial, "position": cfg.position,
+                      "temperature": cfg.temperature, "run_names": list(cfg.run_names)})
+    return attrs
+
+
+def _check_steps(cfg: Config) -> None:
+    if cfg.steps != ("preprocess",) and ("gather" not in cfg.steps
+                                         or "process" not in cfg.steps):
+        raise CalibError(f"steps = {' '.join(cfg.steps)}: gather and process run together "
+                         "(frames are streamed, not stored); include both")
+
+
+def report_plan(cfg: Config, comm: MPI.Comm, plan, record: dict) -> bool:
+    """Log the plan's notes and write the preprocess record (rank 0); True when the job
+    stops here (nothing to do, dry run or preprocess only)."""
+    if comm.rank == 0:
+        for note in record.get("notes", []):
+            log.warning("%s", note)
+        for m, runs in record.get("modules_missing", {}).items():
+            log.warning("module %s has no files in run(s) %s: left out (missing_modules = "
+                        "skip)", m, runs)
+    if plan is None:
+        if comm.rank == 0:
+            log.warning("nothing to do: every module has a complete result")
+        return True
+    if comm.rank == 0:
+        log.info("plan: %d run(s), %d module(s), %d cells, %d rank(s)",
+                 len(plan.runs), len(plan.modules), plan.n_cells, comm.size)
+        if "preprocess" in cfg.steps and not cfg.dry_run:
+            write_record(record, record_path(cfg))
+            log.info("preprocess record: %s", record_path(cfg))
+    if cfg.dry_run or cfg.steps == ("preprocess",):
+        if comm.rank == 0:
+            print(format_record(record))
+            print(plan.summary())
+        return True
+    return False
+
+
+def run(cfg: Config, comm: MPI.Comm) -> dict:
+    """Run the configured steps; collective. Returns a summary (rank 0; {} elsewhere)."""
+    started = dt.datetime.now(dt.UTC).isoformat()
+    driver = resolve_driver(cfg.io_driver, comm)
+    t0 = time.monotonic()
+    _check_steps(cfg)
+    if comm.rank == 0:
+        log.info("I/O driver %s", driver)
+    if cfg.measurement == "drscs":
+        from .currents import run_currents
+
+        return run_currents(cfg, comm, driver, started, t0)
+    plan, record = make_plan(comm, cfg)
+    if report_plan(cfg, comm, plan, record):
+        return {"plan": plan, "record": record}
+    t_scan = time.monotonic() - t0
+    fac = facility(cfg.facility)
+    done = gather_and_process(comm, cfg, plan, driver)
+    t1 = time.monotonic()
+    outputs = []
+    if "join" in cfg.steps:
+        for m in plan.modules:
+            attrs = module_attrs(cfg, plan, m, comm, started)
+            ex = dict(done.extra[m])
+            ex["metadata/runs"] = np.array(plan.runs)
+            ex["metadata/trains_used"] = attrs["trains_used"]
+            mine = {u: done.results[u] for u in plan.units_in_module(comm.rank, m)}
+            write_module(comm, m, output_path(cfg, m), driver, plan.n_cells, fac.blocks(m),
+                         fac.frame_shape, [ResultPart(fac.specs(done.recipe.specs), mine)],
+                         attrs, ex)
+            outputs.append(output_path(cfg, m))
+    t_join = time.monotonic() - t1
+    if comm.rank == 0 and outputs and (cfg.plot or cfg.export):
+        _after_run(cfg, outputs)
+    timing = finish_timing(cfg, comm, t0, done.bytes_read, {
+        "seconds_preprocess": t_scan, "seconds_gather_process": done.seconds_gather,
+        "seconds_gather_per_run": done.seconds_per_run,
+        "seconds_finalize": done.seconds_process, "seconds_join": t_join})
+    if comm.rank != 0:
+        return {}
+    return {"plan": plan, "summary": done.summary, "outputs": outputs,
+            "elapsed": timing["seconds_total"], "timing": timing, "recipe": done.recipe}
+
+
+def finish_timing(cfg: Config, comm: MPI.Comm, t0: float, bytes_read: int,
+                  seconds: dict) -> dict:
+    """Collective: timings, bytes read and peak memory per rank; logged and written to
+    ``cfg.report`` by rank 0 (which gets the dict; other ranks get {})."""
+    elapsed = time.monotonic() - t0
+    rss = comm.gather(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, root=0)
+    total_read = comm.reduce(bytes_read, root=0)
+    if comm.rank != 0:
+        return {}
+    t_gather = seconds["seconds_gather_process"]
+    timing = {"n_ranks": comm.size, "bytes_read": total_read, "seconds_total": elapsed,
+              **seconds, "peak_rss_bytes_per_rank": rss,
+              "gather_GBps": total_read / max(t_gather, 1e-9) / 1e9,
+              "end_to_end_GBps": total_read / max(elapsed, 1e-9) / 1e9}
+    log.info("timing: preprocess %.2f s, gather+process %.2f s (%.2f GB/s), finalize %.2f s, "
+             "join %.2f s; peak memory per rank %s MB", seconds["seconds_preprocess"], t_gather,
+             timing["gather_GBps"], seconds["seconds_finalize"], seconds["seconds_join"],
+             ", ".join(f"{r / 2**20:.0f}" for r in rss))
+    if cfg.report:
+        cfg.report.parent.mkdir(parents=True, exist_ok=True)
+        cfg.report.write_text(json.dumps(timing, indent=1, default=str) + "\n")
+    return timing
+
+
+def _after_run(cfg: Config, outputs: list) -> None:
+    """Pictures and pycalibration constants of the results, when asked for (rank 0)."""
+    base = cfg.output_dir / cfg.measurement
+    if cfg.plot:
+        from .plot import plot_results
+
+        files = plot_results(outputs, base / "plots")
+        log.info("pictures: %d PNG files in %s", len(files), base / "plots")
+    if cfg.export:
+        from .export import export_module
+
+        n = sum(len(export_module(p, base / "pycalibration", overwrite=cfg.overwrite))
+                for p in outputs)
+        log.info("pycalibration constants: %d files in %s", n, base / "pycalibration")
