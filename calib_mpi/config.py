@@ -140,6 +140,10 @@ class Config:
     xray_origin_trains: int = 64
     xray_origin_margin: int = 64
     xray_deviation_sigma: float = 5.0
+    #: drscs: DrscsParams overrides, (name, value) pairs
+    drscs_settings: tuple = ()
+    #: drscs: MB per rank for the stored scans; more cells are processed in several passes
+    drscs_memory: float = 4000.0
     dry_run: bool = False
     verbose: int = 0
     quiet: bool = False
@@ -153,6 +157,12 @@ class Config:
         runs = self.runs[4 * index:4 * index + 4] if self.runs else ()
         spec = name if self.facility == "cfel" and len(self.currents) > 1 else self.spec
         return dataclasses.replace(self, current=name, runs=runs, spec=spec)
+
+    def drscs_params(self):
+        """The drscs processing parameters (``DrscsParams`` with ``drscs_settings``)."""
+        from .process.drscs import DrscsParams
+
+        return DrscsParams(**dict(self.drscs_settings))
 
     def as_dict(self) -> dict:
         """JSON-friendly view (paths as strings) for provenance attributes."""
@@ -421,6 +431,21 @@ def build_parser(default_files: list[str] | None = None) -> configargparse.ArgPa
         help="flag photon spacings further than this many robust sigmas from the ASIC's "
         "median per cell (FF_GAIN_DEVIATION)",
     )
+    g = p.add_argument_group("current source (drscs)")
+    g.add_argument(
+        "--drscs",
+        nargs="+",
+        help="processing parameters as name=value, e.g. 'safety_factor=700 min_flat=5' "
+        "(names of calib_mpi.process.drscs.DrscsParams; several numbers as 7/30/30)",
+    )
+    g.add_argument(
+        "--drscs_memory",
+        "--drscs-memory",
+        type=float,
+        default=4000.0,
+        help="MB per rank for the stored scans (steps x cells x 4096 x 5 bytes per ASIC); "
+        "when the cells need more, they are processed in several passes over the data",
+    )
     g = p.add_argument_group("messages")
     g.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     g.add_argument("-q", "--quiet", action="store_true", help="errors only")
@@ -522,6 +547,33 @@ def _xfel_currents(ns, runs: tuple[int, ...]) -> dict:
     return {"currents": names, "current": names[0] if n == 1 else None}
 
 
+def _drscs_settings(values: list[str] | str | None) -> tuple:
+    """``name=value`` words -> validated ``DrscsParams`` overrides (name, value) pairs."""
+    from .process.drscs import DrscsParams
+
+    fields = {f.name: f for f in dataclasses.fields(DrscsParams)}
+    out = []
+    for word in parse_word_list(values):
+        name, eq, text = word.partition("=")
+        if not eq or name not in fields:
+            raise ConfigError(f"drscs: {word!r} — expected name=value with a name of "
+                              f"{', '.join(fields)}")
+        default = getattr(DrscsParams(), name)
+        kinds = [type(v) for v in default] if isinstance(default, tuple) else [type(default)]
+        texts = text.split("/")
+        try:
+            parsed = [k(t) for k, t in zip(kinds, texts, strict=True)]
+        except ValueError:
+            parsed = None
+        if parsed is None:
+            raise ConfigError(f"drscs: {word!r} — {name} needs {len(kinds)} number(s) "
+                              "separated by '/' like its default "
+                              f"{'/'.join(map(str, default)) if len(kinds) > 1 else default}")
+        value = tuple(parsed) if isinstance(default, tuple) else parsed[0]
+        out.append((name, value))
+    return tuple(out)
+
+
 def parse_config(argv: list[str]) -> Config:
     """Parse and validate the configuration; raises :class:`ConfigError` with the key at fault."""
     fac_file = _facility_file(argv)
@@ -581,6 +633,8 @@ def parse_config(argv: list[str]) -> Config:
         raise ConfigError(f"xray_bins: {ns.xray_bins} — at least 16 bins are needed")
     if ns.xray_origin_trains < 1:
         raise ConfigError("xray_origin_trains must be at least 1")
+    if ns.drscs_memory <= 0:
+        raise ConfigError("drscs_memory must be positive (MB per rank)")
     if ns.photon_energy < 0:
         raise ConfigError("photon_energy must be positive (or 0: from xray_target)")
     cfel: dict = dict(xfel_currents)
@@ -623,6 +677,8 @@ def parse_config(argv: list[str]) -> Config:
         xray_origin_trains=ns.xray_origin_trains,
         xray_origin_margin=ns.xray_origin_margin,
         xray_deviation_sigma=ns.xray_deviation_sigma,
+        drscs_settings=_drscs_settings(ns.drscs),
+        drscs_memory=ns.drscs_memory,
         dry_run=ns.dry_run,
         verbose=ns.verbose,
         quiet=ns.quiet,

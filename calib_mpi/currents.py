@@ -38,7 +38,7 @@ from .facilities import facility
 from .join import DatasetSpec, ResultPart, write_module
 from .merge import merge_across_currents
 from .parallel import agree
-from .pipeline import finish_timing, gather_and_process, plan_inputs, provenance
+from .pipeline import Processed, finish_timing, gather_and_process, plan_inputs, provenance
 from .plan import Unit
 from .preprocess import (
     check_current_outputs,
@@ -48,7 +48,7 @@ from .preprocess import (
     record_path,
     write_record,
 )
-from .recipes.drscs import DIMS, DrscsRecipe
+from .recipes.drscs import DIMS, DrscsRecipe, bytes_per_cell, scan_steps
 
 log = logging.getLogger("calib_mpi")
 
@@ -65,6 +65,37 @@ def rank_groups(n_ranks: int, n_currents: int) -> tuple[int, list[list[int]]]:
     current c is processed by group ``c % n_groups``."""
     n_groups = max(1, min(n_ranks, n_currents))
     return n_groups, [list(range(g, n_currents, n_groups)) for g in range(n_groups)]
+
+
+def cell_passes(n_cells: int, per_cell: int, memory_mb: float) -> list[tuple[int, int]]:
+    """Memory-cell windows ``[c0, c1)`` such that the stored scans of one window, at
+    ``per_cell`` bytes per cell, fit into ``memory_mb`` MB (at least one cell per pass)."""
+    k = max(1, int(memory_mb * 2**20 // max(per_cell, 1)))
+    return [(c0, min(c0 + k, n_cells)) for c0 in range(0, n_cells, k)]
+
+
+def process_current(group: MPI.Comm, cfg: Config, plan, driver: str) -> Processed:
+    """Collective over ``group``: read and process one current, in as many passes over the
+    data as ``cfg.drscs_memory`` needs (each pass keeps a window of memory cells)."""
+    n_units = max(len(u) for u in plan.owners)
+    passes = cell_passes(plan.n_cells, bytes_per_cell(plan, n_units), cfg.drscs_memory)
+    if group.rank == 0 and len(passes) > 1:
+        log.warning("current %s: %d cells in %d passes over the data (drscs_memory = %g MB "
+                    "per rank for %d ASIC(s) x %d scan steps)", cfg.current, plan.n_cells,
+                    len(passes), cfg.drscs_memory, n_units, scan_steps(plan))
+    parts = [gather_and_process(group, cfg, plan, driver,
+                                recipe=DrscsRecipe(cfg, plan, cells=w), count_dropped=i == 0)
+             for i, w in enumerate(passes)]
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    results = {u: {k: np.concatenate([p.results[u][k] for p in parts], axis=1) for k in r}
+               for u, r in first.results.items()}
+    return dataclasses.replace(
+        first, results=results, bytes_read=sum(p.bytes_read for p in parts),
+        seconds_per_run=[t for p in parts for t in p.seconds_per_run],
+        seconds_gather=sum(p.seconds_gather for p in parts),
+        seconds_process=sum(p.seconds_process for p in parts))
 
 
 def _plan_currents(comm: MPI.Comm, group: MPI.Comm, cfg: Config, mine: list[int],
@@ -172,7 +203,7 @@ def run_currents(cfg: Config, comm: MPI.Comm, driver: str, started: str, t0: flo
             for c in mine:
                 if group.rank == 0 and not cfg.quiet:
                     log.warning("current %s: reading and processing", currents[c])
-                done[c] = gather_and_process(group, cfg.for_current(c), plans[c], driver)
+                done[c] = process_current(group, cfg.for_current(c), plans[c], driver)
         except CalibError as e:
             err = e
         agree(comm, err)

@@ -74,13 +74,16 @@ class Processed:
     seconds_process: float
 
 
-def gather_and_process(comm: MPI.Comm, cfg: Config, plan, driver: str) -> Processed:
-    """Collective over ``comm`` (the ranks of ``plan``): stream every run of the plan into the
-    recipe of ``cfg.measurement`` and finalize it. Frames left out while reading are added to
-    ``plan.dropped`` (identically on every rank)."""
+def gather_and_process(comm: MPI.Comm, cfg: Config, plan, driver: str, recipe=None,
+                       count_dropped: bool = True) -> Processed:
+    """Collective over ``comm`` (the ranks of ``plan``): stream every run of the plan into
+    ``recipe`` (default: a new one of ``cfg.measurement``) and finalize it. Frames left out
+    while reading are added to ``plan.dropped`` (identically on every rank) when
+    ``count_dropped`` (once per plan when the data are read several times)."""
     t0 = time.monotonic()
     blocks = facility(cfg.facility).blocks()
-    recipe = RECIPES[cfg.measurement](cfg, plan)
+    if recipe is None:
+        recipe = RECIPES[cfg.measurement](cfg, plan)
     recipe.start(plan.units_of(comm.rank))
     rejected, bytes_read, t_runs = {}, 0, []
     for ri in range(len(plan.runs)):
@@ -93,7 +96,8 @@ def gather_and_process(comm: MPI.Comm, cfg: Config, plan, driver: str) -> Proces
         t_runs.append(st.seconds)
     for d in comm.allgather(rejected):  # frames left out while reading go into the metadata
         for (ri, m, reason), v in d.items():
-            add_counts(plan.dropped[(ri, m)], {reason: v})
+            if count_dropped:
+                add_counts(plan.dropped[(ri, m)], {reason: v})
     t1 = time.monotonic()
     results = recipe.finalize(comm)
     extra = recipe.module_extra(comm, results)

@@ -4,9 +4,9 @@ The synthetic set (:mod:`calib_mpi.synthetic.cfel_drscs`): module M304, currents
 itestc85, itestc100, four runs col15..col48 each (run k injects chip columns kappa ≡ k mod 4)
 in two parts, 1 cell, 240 trains (scan steps = train positions), one train lost in col26 (step
 30) and one in col37 (step 120), in every current (a lost high-gain sample would leave the
-highest current too few high-gain points: error 6, correctly, but not in the design). Per ASIC the currents fail in different places
-(``merge_failures``), so that each current is the best one on some ASICs and a failed series
-of the best current is filled from another. Checks:
+highest current too few high-gain points: error 6, correctly, but not in the design). Per
+ASIC the currents fail in different places (``merge_failures``), so that each current is the
+best one on some ASICs and a failed series of the best current is filled from another. Checks:
 
 - identical output for 1, 2, 3 and 4 ranks (3 currents: 4 ranks = groups of 2, 1 and 1
   ranks; 2 ranks = one rank with two currents), and the merge spans several ranks when the

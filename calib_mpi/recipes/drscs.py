@@ -12,7 +12,8 @@ injected pixels in ``(step, cell, 64 * 64)`` uint16 arrays filled by scan step, 
 mask alongside (a lost train or frame leaves ``valid = False``), and processes them at the end.
 The scan step is ``train ID - first train ID of the run`` (XFEL) or the train position (lab
 runs), as for drspc; the number of steps ``T`` is the longest run's. Memory per ASIC:
-``T * cells * 4096 * 5`` bytes.
+``T * cells * 4096 * 5`` bytes; ``cells = (c0, c1)`` keeps only those memory cells, so that a
+job can process the cells in several passes over the data (``drscs_memory``).
 
 Results do not depend on the rank count: every series is processed on its own from the same
 integers. Merging several currents (steps.md section 4) is done by
@@ -45,6 +46,18 @@ def injection_masks(module: int, block: int,
     return np.stack([kappa % N_COLUMN_GROUPS == k for k in range(N_COLUMN_GROUPS)])
 
 
+def scan_steps(plan: Plan) -> int:
+    """Scan steps of the plan's longest run (train ID or position span)."""
+    return max([int(ax[-1]) - int(ax[0]) + 1 for ax in plan.train_axis.values() if len(ax)]
+               or [0])
+
+
+def bytes_per_cell(plan: Plan, n_units: int) -> int:
+    """Memory of the stored scans per memory cell for ``n_units`` ASICs (analog, digital:
+    uint16, valid: bool)."""
+    return scan_steps(plan) * N_PIX * 5 * n_units
+
+
 class DrscsRecipe:
     """Current source, one current: per-stage slopes, offsets, gain levels, thresholds."""
 
@@ -61,20 +74,22 @@ class DrscsRecipe:
         DatasetSpec("bad_pixels", (N_GAINS,), np.uint32, DIMS),
     ]
 
-    def __init__(self, cfg: Config, plan: Plan, params: DrscsParams | None = None):
+    def __init__(self, cfg: Config, plan: Plan, params: DrscsParams | None = None,
+                 cells: tuple[int, int] | None = None):
         self.plan = plan
         self.frame = facility(getattr(plan, "facility", "xfel")).frame_shape
-        self.params = params or DrscsParams()
+        self.params = params or cfg.drscs_params()
         self.step0 = {ri: int(ax[0]) if len(ax) else 0 for ri, ax in plan.train_axis.items()}
-        self.n_steps = max([int(ax[-1]) - self.step0[ri] + 1
-                            for ri, ax in plan.train_axis.items() if len(ax)] or [0])
+        self.n_steps = scan_steps(plan)
+        #: the memory cells [c0, c1) kept by this pass (see calib_mpi.currents.cell_passes)
+        self.cells = cells or (0, plan.n_cells)
         self.analog: dict[Unit, np.ndarray] = {}
         self.digital: dict[Unit, np.ndarray] = {}
         self.valid: dict[Unit, np.ndarray] = {}
         self.pixels: dict[Unit, list[np.ndarray]] = {}
 
     def start(self, units: list[Unit]) -> None:
-        shape = (self.n_steps, self.plan.n_cells, N_PIX)
+        shape = (self.n_steps, self.cells[1] - self.cells[0], N_PIX)
         for u in units:
             masks = injection_masks(u.module, u.block, self.frame)
             self.pixels[u] = [np.flatnonzero(m.ravel()) for m in masks]
@@ -86,10 +101,15 @@ class DrscsRecipe:
                 cells: np.ndarray, trains: np.ndarray, group: tuple) -> None:
         """Store the run's injected pixels of these frames at (scan step, cell)."""
         block = frames[:, :, r0:r0 + 64, c0:c0 + 64]
+        cells = np.asarray(cells, np.int64) - self.cells[0]
+        trains = np.asarray(trains)
+        keep = (cells >= 0) & (cells < self.cells[1] - self.cells[0])
+        if not keep.all():
+            block, cells, trains = block[keep], cells[keep], trains[keep]
         n = block.shape[0]
         steps = self.plan.train_axis[run_index][trains].astype(np.int64) - self.step0[run_index]
         pix = self.pixels[unit][run_index % N_COLUMN_GROUPS]
-        at = (steps[:, None], np.asarray(cells, np.int64)[:, None], pix[None, :])
+        at = (steps[:, None], cells[:, None], pix[None, :])
         self.analog[unit][at] = block[:, 0].reshape(n, N_PIX)[:, pix]
         self.digital[unit][at] = block[:, 1].reshape(n, N_PIX)[:, pix]
         self.valid[unit][at] = True
@@ -100,7 +120,7 @@ class DrscsRecipe:
     def finalize(self, comm: MPI.Comm) -> dict[Unit, dict[str, np.ndarray]]:
         """Process the scans of this rank's units: ``(k, cell, 64, 64)`` per ASIC."""
         res = {}
-        c = self.plan.n_cells
+        c = self.cells[1] - self.cells[0]
         for u in list(self.analog):
             t = self.n_steps
             r = process_scan(self.analog[u].reshape(t, -1), self.digital[u].reshape(t, -1),
