@@ -106,9 +106,9 @@ def _plan_currents(comm: MPI.Comm, group: MPI.Comm, cfg: Config, mine: list[int]
         for c in mine:
             cfg_c = dataclasses.replace(cfg.for_current(c), modules=modules)
             plans[c], records[c] = make_plan(group, cfg_c, check=False)
-    except CalibError as e:
-        err = e
-    agree(comm, err)
+    except CalibError as e:  # raised identically on the group's ranks
+        err = CalibError(f"current {cfg.currents[c]}: {e}")
+    agree(comm, err, name_rank=False)
     return plans, records
 
 
@@ -204,9 +204,9 @@ def run_currents(cfg: Config, comm: MPI.Comm, driver: str, started: str, t0: flo
                 if group.rank == 0 and not cfg.quiet:
                     log.warning("current %s: reading and processing", currents[c])
                 done[c] = process_current(group, cfg.for_current(c), plans[c], driver)
-        except CalibError as e:
-            err = e
-        agree(comm, err)
+        except CalibError as e:  # raised identically on the group's ranks
+            err = CalibError(f"current {currents[c]}: {e}")
+        agree(comm, err, name_rank=False)
         t_gather = time.monotonic() - t1
         t1 = time.monotonic()
         holders: dict = {}

@@ -252,6 +252,8 @@ def gather_run(comm: MPI.Comm, plan: Plan, run_index: int, blocks: list[AsicBloc
                     rejected[key] = rejected.get(key, 0) + beyond
             msg = None if err is None else (str(err) if isinstance(err, CalibError)
                                             else f"{type(err).__name__}: {err}")
+            if msg is not None:
+                msg += f" [rank {MPI.COMM_WORLD.rank}]"
             dest_units = [plan.units_in_module(d, slab.module) if slab is not None else []
                           for d in range(size)]
             meta = [(msg, (cells, trains) if (err is None and dest_units[d] and d != rank)
@@ -261,8 +263,7 @@ def gather_run(comm: MPI.Comm, plan: Plan, run_index: int, blocks: list[AsicBloc
             prof["alltoall"] += time.monotonic() - tw
             failed = [(r, m) for r, (m, _) in enumerate(received) if m is not None]
             if failed:
-                r, m = failed[0]
-                raise CalibError(f"{m} [rank {r}]")
+                raise CalibError(failed[0][1])
 
             # one Alltoallv per round: each other owner gets (frame, 2, 64, 64) per ASIC
             n_send = 0 if frames is None else len(frames)

@@ -38,19 +38,22 @@ def resolve_driver(requested: str, comm: MPI.Comm) -> str:
     return requested
 
 
-def agree(comm: MPI.Comm, error: BaseException | None) -> None:
+def agree(comm: MPI.Comm, error: BaseException | None, name_rank: bool = True) -> None:
     """Collective: raise on every rank if ``error`` is set on any rank.
 
-    The raised :class:`CalibError` carries the message of the lowest failing rank (and says how
-    many ranks failed), so every rank exits with the same message and nobody hangs.
+    The raised :class:`CalibError` carries the message of the lowest failing rank (and, with
+    ``name_rank``, says which rank of ``MPI.COMM_WORLD`` that was and how many ranks failed),
+    so every rank exits with the same message and nobody hangs.
     """
     msg = None
     if error is not None:
         msg = str(error) if isinstance(error, CalibError) else f"{type(error).__name__}: {error}"
-    msgs = comm.allgather(msg)
-    failed = [(r, m) for r, m in enumerate(msgs) if m is not None]
+    msgs = comm.allgather((MPI.COMM_WORLD.rank, msg))
+    failed = [(r, m) for r, m in msgs if m is not None]
     if failed:
         r, m = failed[0]
+        if not name_rank:
+            raise CalibError(m)
         more = f" (and {len(failed) - 1} more rank(s) failed)" if len(failed) > 1 else ""
         raise CalibError(f"{m} [rank {r}{more}]")
 

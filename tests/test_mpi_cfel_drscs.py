@@ -180,3 +180,24 @@ def test_existing_result_is_kept_and_a_changed_one_refused(outputs, lab_drscs, t
     r = run_mpi(2, [conf], timeout=120)
     assert r.returncode == 2, r.output
     assert "results exist already" in r.output and "current" in r.output
+
+
+@pytest.mark.parametrize("mode", ["raise", "exit"])
+def test_failure_in_one_rank_group_ends_the_job_everywhere(lab_drscs, tmp_path, mode):
+    """4 ranks: current itestc70 is read by world ranks 0 and 3 (group ranks 0, 1), the other
+    currents by ranks 1 and 2 alone. A read failure on group rank 1 (world rank 3) is an error
+    of that group only; the other groups finish their currents and then every rank stops with
+    the message (exit 2) instead of waiting in the merge. A rank that dies ends the job too.
+    No result file is left under the final name."""
+    raw, _ = lab_drscs
+    out = tmp_path / "out"
+    conf = write_drscs_config(tmp_path / "run.conf", raw, out, P, chunk_frames=64)
+    r = run_mpi(4, [conf], timeout=120,
+                env={"CALIB_MPI_TEST_FAIL_READ": f"rank=1,round=1,mode={mode}"})
+    if mode == "raise":
+        assert r.returncode == 2, r.output
+        assert "error: current itestc70: injected read failure" in r.stderr, r.output
+        assert "[rank 3]" in r.stderr, r.output
+    else:
+        assert r.returncode != 0, r.output
+    assert not (out / "drscs/drscs_M304_cfel.h5").exists()
