@@ -29,15 +29,20 @@ def test_group_by_cell():
     assert groups == [[2, 5], [6], [0, 3]]
 
 
+@pytest.mark.parametrize("n_frames", [12, 40, 120])
 @pytest.mark.parametrize("block", [(0, 0), (64, 0), (448, 64)])
-def test_dark_kernel_is_exact_and_matches_numpy(block):
+def test_dark_kernel_is_exact_and_matches_numpy(block, n_frames):
     """The compiled kernel and the numpy fallback give the same exact integer sums, on a
-    block of a full frame (the no-copy path) with values up to 65535."""
+    block of a full frame (the no-copy path) with values up to 65535, for few and many frames
+    per cell (both paths of the kernel, ``BLOCK_GROUP``)."""
     rng = np.random.default_rng(5)
-    frames = rng.integers(0, 65536, (40, 2, 512, 128), dtype=np.uint16)
+    frames = rng.integers(0, 65536, (n_frames, 2, 512, 128), dtype=np.uint16)
     frames[0, :, block[0]:block[0] + 64, block[1]:block[1] + 64] = 65535
-    cells = rng.integers(-1, 6, 40)
+    cells = rng.integers(-1, 6, n_frames)
     group = kernels.group_by_cell(cells, 6)
+    sizes = np.diff(group[1])
+    if n_frames != 40:  # 40: mixed
+        assert (sizes >= kernels.BLOCK_GROUP).any() == (n_frames > 40)
     fast = [np.zeros((6, 64, 64), np.uint64) for _ in range(4)]
     slow = [np.zeros((6, 64, 64), np.uint64) for _ in range(4)]
     kernels.dark_sums(frames, *block, group, fast)

@@ -1,8 +1,9 @@
 """Compiled hot loops (numba), with exact numpy fallbacks when numba is not installed.
 
 The dark kernel adds a slab of frames to per-(cell, pixel) integer sums. Frames of one cell
-are summed row by row in a small buffer first, so the large accumulators are touched once per
-cell and slab rather than once per frame; every sum is exact (uint64), so the result does not
+are summed in a small buffer first (row by row across the frames, or block by block for many
+frames per cell), so the large accumulators are touched once per cell and slab rather than
+once per frame; every sum is exact (uint64), so the result does not
 depend on the order of the frames or on how they were chunked.
 """
 
@@ -16,6 +17,12 @@ try:
     HAVE_NUMBA = True
 except ImportError:  # pragma: no cover - exercised only without numba
     HAVE_NUMBA = False
+
+
+#: frames of one cell in a slab from which the dark kernel sums whole blocks frame by frame
+#: (sequential reads) instead of row by row across the frames (fewer, L1-sized sums); measured
+#: here: row by row is faster up to ~4 frames per cell, block sums ~1.4x faster at 16
+BLOCK_GROUP = 8
 
 
 def group_by_cell(cells: np.ndarray, n_cells: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -52,8 +59,44 @@ if HAVE_NUMBA:
         ta2 = np.zeros(cols, np.uint64)
         td1 = np.zeros(cols, np.uint64)
         td2 = np.zeros(cols, np.uint64)
+        ba1 = np.zeros((rows, cols), np.uint64)
+        ba2 = np.zeros((rows, cols), np.uint64)
+        bd1 = np.zeros((rows, cols), np.uint64)
+        bd2 = np.zeros((rows, cols), np.uint64)
         for g in range(cells_u.shape[0]):
             c = cells_u[g]
+            if starts[g + 1] - starts[g] >= BLOCK_GROUP:
+                # many frames of this cell: stream each frame's block once into block-sized
+                # sums (L2-resident), then add them to the accumulators
+                for k in range(starts[g], starts[g + 1]):
+                    i = order[k]
+                    for y in range(rows):
+                        fa = frames[i, 0, r0 + y, c0:c0 + cols]
+                        fd = frames[i, 1, r0 + y, c0:c0 + cols]
+                        if k == starts[g]:
+                            for x in range(cols):
+                                v = np.uint64(fa[x])
+                                w = np.uint64(fd[x])
+                                ba1[y, x] = v
+                                ba2[y, x] = v * v
+                                bd1[y, x] = w
+                                bd2[y, x] = w * w
+                        else:
+                            for x in range(cols):
+                                v = np.uint64(fa[x])
+                                w = np.uint64(fd[x])
+                                ba1[y, x] += v
+                                ba2[y, x] += v * v
+                                bd1[y, x] += w
+                                bd2[y, x] += w * w
+                for y in range(rows):
+                    for x in range(cols):
+                        sa1[c, y, x] += ba1[y, x]
+                        sa2[c, y, x] += ba2[y, x]
+                        sd1[c, y, x] += bd1[y, x]
+                        sd2[c, y, x] += bd2[y, x]
+                continue
+            # few frames: row by row in L1-sized sums
             for y in range(rows):
                 ta1[:] = 0
                 ta2[:] = 0
