@@ -28,6 +28,7 @@ import dataclasses
 import json
 import logging
 import time
+from pathlib import Path
 
 import numpy as np
 from mpi4py import MPI
@@ -239,7 +240,8 @@ def run_currents(cfg: Config, comm: MPI.Comm, driver: str, started: str, t0: flo
         group.Free()
     timing = finish_timing(cfg, comm, t0, sum(d.bytes_read for d in done.values()), {
         "seconds_preprocess": t_scan, "seconds_gather_process": t_gather,
-        "seconds_finalize": 0.0, "seconds_merge": t_merge, "seconds_join": t_join,
+        "seconds_finalize": sum(d.seconds_process for d in done.values()),
+        "seconds_merge": t_merge, "seconds_join": t_join,
         "merge_ranks_per_asic": max(spans.values(), default=0)})
     if comm.rank != 0:
         return {}
@@ -262,7 +264,7 @@ def _current_info(plan, done, group_rank: int) -> dict | None:
 
 
 def _write_module(comm: MPI.Comm, cfg: Config, m: int, driver: str, n_cells: int, info: dict,
-                  done: dict, merged: dict, started: str) -> object:
+                  done: dict, merged: dict, started: str) -> Path:
     """Collective: one module file with the merged result and each current's result."""
     currents = cfg.currents
     fac = facility(cfg.facility)
