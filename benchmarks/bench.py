@@ -11,7 +11,10 @@ trains, then measures, in the same session:
    scaling t(1)/t(R);
 3. the peak resident memory per rank for N and 4N trains (must stay flat: bounded by
    ``chunk_frames``, not by the run length);
-4. the drspc, drscs and xray processors, in pixel-cells per second on one core.
+4. the drspc, drscs and xray processors, in pixel-cells per second on one core;
+5. (root, not with ``--quick`` or ``--no-cold``) 1. and 2. again from the disk: the page
+   cache is dropped before each measurement, so the ratio says how close the pipeline comes
+   to the disk's read bandwidth, not to a memory copy.
 
 Prints a table and writes the numbers as JSON, to compare over time.
 """
@@ -135,6 +138,37 @@ def processor_rates(n_cells: int, quick: bool) -> dict:
     return out
 
 
+def drop_page_cache() -> str | None:
+    """Empty the kernel's page cache (root only); returns why not, or None when done."""
+    try:
+        os.sync()
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    except OSError as e:
+        return f"cannot drop the page cache ({e.strerror}; needs root)"
+    return None
+
+
+def cold_runs(conf: Path, ranks: list[int], work: Path) -> dict:
+    """Read bandwidth and pipeline throughput from the disk: the page cache is dropped
+    before each measurement (the disk, not memory, is then the data source)."""
+    why = drop_page_cache()
+    if why:
+        return {"skipped": why}
+    bw, _ = read_bandwidth(conf.parent / "raw", repeats=1)
+    out: dict = {"read_GBps": bw / 1e9, "pipeline": {}}
+    print(f"[bench] cold cache: raw read bandwidth {bw / 1e9:.2f} GB/s", flush=True)
+    for r in ranks:
+        drop_page_cache()
+        rep = run_pipeline(conf, r, work / f"cold{r}.json", [])
+        out["pipeline"][str(r)] = {
+            "gather_GBps": rep["gather_GBps"], "end_to_end_GBps": rep["end_to_end_GBps"],
+            "gather_over_read": rep["gather_GBps"] * 1e9 / bw,
+            "end_to_end_over_read": rep["end_to_end_GBps"] * 1e9 / bw}
+        print(f"[bench] cold cache, {r} rank(s): gather+process {rep['gather_GBps']:.2f} GB/s",
+              flush=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trains", type=int, default=32,
@@ -145,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dir", default=str(HERE.parent / "bench-out"), help="work directory")
     ap.add_argument("--json", default=None, help="write the results here (default: in --dir)")
     ap.add_argument("--quick", action="store_true", help="tiny sizes (for the test suite)")
+    ap.add_argument("--no-cold", dest="cold", action="store_false",
+                    help="skip the cold-cache (disk) measurements (they need root to drop the "
+                         "page cache; off with --quick)")
     a = ap.parse_args(argv)
     work = Path(a.dir)
     work.mkdir(parents=True, exist_ok=True)
@@ -194,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
                        "peak_rss_MB_4N": mb / 2**20, "ratio_4N_over_N": mb / ms}
     res["memory"] = mem
     res["processors"] = processor_rates(a.cells if not a.quick else 4, a.quick)
+    res["cold"] = cold_runs(big, a.ranks, work) if a.cold and not a.quick else {
+        "skipped": "--no-cold or --quick"}
 
     print()
     print(f"{'ranks':>5} {'total s':>8} {'e2e GB/s':>9} {'e2e/read':>9} {'gather GB/s':>12} "
@@ -209,6 +248,15 @@ def main(argv: list[str] | None = None) -> int:
               f"{m['peak_rss_MB_N']:.0f} MB for {a.trains} trains,"
               f" {m['peak_rss_MB_4N']:.0f} MB for {4 * a.trains} trains "
               f"(ratio {m['ratio_4N_over_N']:.2f})")
+    cold = res["cold"]
+    if "skipped" in cold:
+        print(f"cold cache (disk): skipped ({cold['skipped']})")
+    else:
+        print(f"cold cache (disk): read {cold['read_GBps']:.2f} GB/s; "
+              + "; ".join(f"{r} rank(s) gather+process {p['gather_GBps']:.2f} GB/s = "
+                          f"{p['gather_over_read']:.2f} of the disk, end-to-end "
+                          f"{p['end_to_end_over_read']:.2f}"
+                          for r, p in cold["pipeline"].items()))
     for k, v in res["processors"].items():
         if k.endswith("_per_s"):
             print(f"{k.replace('_', ' ')}: {v:,.0f} (one core)")

@@ -122,6 +122,7 @@ class Config:
     run_names: tuple[str, ...] | None = None
     chunk_frames: int = 1024
     prefetch: bool = True
+    threads: int = 0
     report: Path | None = None
     plot: bool = False
     export: bool = False
@@ -307,6 +308,14 @@ def build_parser(default_files: list[str] | None = None) -> configargparse.ArgPa
         default=1024,
         help="frames per read slab (whole trains, at least one); memory per rank is about "
         "1 MB per frame (two read buffers, send and receive buffers)",
+    )
+    g.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="threads per rank processing different ASICs at once (dark); 0: the cores this "
+        "rank may run on (mpirun binds each rank to one core unless told otherwise, e.g. "
+        "--bind-to none or --map-by ...:PE=n)",
     )
     g.add_argument(
         "--report",
@@ -621,6 +630,8 @@ def parse_config(argv: list[str]) -> Config:
                           f"{ns.measurement}")
     if ns.chunk_frames < 1:
         raise ConfigError("chunk_frames must be at least 1")
+    if ns.threads < 0:
+        raise ConfigError("threads must be 0 (automatic) or more")
     w = tuple(int(v) for v in _floats(ns.drspc_windows, "drspc_windows", 4))
     if w != _floats(ns.drspc_windows, "drspc_windows", 4) or w[0] >= w[1] or w[2] >= w[3]:
         raise ConfigError(f"drspc_windows: {w} — expected four integer train steps t0 t1 t0 t1 "
@@ -659,6 +670,7 @@ def parse_config(argv: list[str]) -> Config:
         missing_modules=ns.missing_modules,
         chunk_frames=ns.chunk_frames,
         prefetch=ns.prefetch,
+        threads=ns.threads,
         report=Path(ns.report) if ns.report else None,
         plot=ns.plot,
         export=ns.export,

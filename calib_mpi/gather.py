@@ -211,7 +211,7 @@ class _Reader:
 
 def gather_run(comm: MPI.Comm, plan: Plan, run_index: int, blocks: list[AsicBlock],
                consume: Consumer, driver: str, prefetch: bool = True,
-               show_progress: bool = False) -> GatherStats:
+               show_progress: bool = False, threads: int = 1) -> GatherStats:
     """Stream one run to the ASIC owners.
 
     ``consume(unit, run_index, frames, r0, c0, cells, trains, group)`` receives, for each
@@ -219,6 +219,8 @@ def gather_run(comm: MPI.Comm, plan: Plan, run_index: int, blocks: list[AsicBloc
     ``c0:c0+64`` are the ASIC (H = W = 64 for blocks from other ranks; the whole read buffer,
     without a copy, for frames this rank read itself), their cells and train positions, and
     ``group_by_cell`` of the cells. Returns this rank's :class:`GatherStats`.
+    With ``threads > 1`` the ASICs of a round are consumed by that many threads at once
+    (``consume`` must then be safe for different units in parallel).
     """
     rank, size = comm.rank, comm.size
     rounds = plan.rounds[run_index]
@@ -233,6 +235,26 @@ def gather_run(comm: MPI.Comm, plan: Plan, run_index: int, blocks: list[AsicBloc
     progress = Progress(f"run {plan.runs[run_index]}", total, n_trains, show_progress)
     done = 0
     prof = dict.fromkeys(("read wait", "alltoall", "pack", "Alltoallv", "process"), 0.0)
+    pool = ThreadPoolExecutor(threads, "calib-consume") if threads > 1 else None
+
+    def consume_all(tasks: list[tuple]) -> None:
+        """Consume (unit, frames, r0, c0, cells, trains, group) blocks: each unit's in
+        arrival order, different units in parallel when there is a pool."""
+        by_unit: dict = {}
+        for t in tasks:
+            by_unit.setdefault(t[0], []).append(t)
+
+        def one(ts: list[tuple]) -> None:
+            for t in ts:
+                consume(t[0], run_index, *t[1:])
+
+        if pool is None or len(by_unit) < 2:
+            for ts in by_unit.values():
+                one(ts)
+        else:
+            for _ in pool.map(one, by_unit.values()):
+                pass
+
     try:
         for k, rnd in enumerate(rounds):
             slab = rnd[rank]
@@ -293,6 +315,7 @@ def gather_run(comm: MPI.Comm, plan: Plan, run_index: int, blocks: list[AsicBloc
                                [recvbuf, (rcounts, rdispl), MPI.UNSIGNED_SHORT])
                 prof["Alltoallv"] += time.monotonic() - tw
             tw = time.monotonic()
+            tasks = []
             for s in range(size):
                 if s == rank:
                     if frames is None or not len(frames) or not dest_units[rank]:
@@ -300,8 +323,8 @@ def gather_run(comm: MPI.Comm, plan: Plan, run_index: int, blocks: list[AsicBloc
                     group = group_by_cell(cells, plan.n_cells)
                     for u in dest_units[rank]:
                         b = blocks[u.block]
-                        consume(u, run_index, frames, b.rows.start, b.cols.start, cells, trains,
-                                group)
+                        tasks.append((u, frames, b.rows.start, b.cols.start, cells, trains,
+                                      group))
                     continue
                 if not rcounts[s]:
                     continue
@@ -311,8 +334,9 @@ def gather_run(comm: MPI.Comm, plan: Plan, run_index: int, blocks: list[AsicBloc
                 off = int(rdispl[s])
                 for u in plan.units_in_module(rank, rnd[s].module):
                     view = recvbuf[off:off + n_s * block_elems].reshape(n_s, 2, 64, 64)
-                    consume(u, run_index, view, 0, 0, c_s, t_s, group)
+                    tasks.append((u, view, 0, 0, c_s, t_s, group))
                     off += n_s * block_elems
+            consume_all(tasks)
             prof["process"] += time.monotonic() - tw
             done += sum(sl.n_frames for sl in rnd if sl is not None) * frame_bytes
             progress.update(done)
@@ -320,6 +344,9 @@ def gather_run(comm: MPI.Comm, plan: Plan, run_index: int, blocks: list[AsicBloc
     finally:
         reader.close()
         files.close()
-    log.debug("gather run %s rank %d: %s", plan.runs[run_index], rank,
+        if pool is not None:
+            pool.shutdown()
+    log.debug("gather run %s rank %d, %d consume thread(s): %s", plan.runs[run_index], rank,
+              threads if pool is not None else 1,
               ", ".join(f"{k} {v:.2f} s" for k, v in prof.items()))
     return GatherStats(rejected, reader.bytes, time.monotonic() - t0)

@@ -74,6 +74,15 @@ class Processed:
     seconds_process: float
 
 
+def consume_threads(cfg: Config, recipe) -> int:
+    """Threads consuming a round's ASICs at once: ``cfg.threads``, or (0) the cores this
+    rank may run on (``mpirun`` binds each of few ranks to one core by default), for
+    recipes whose ``consume`` is safe for different ASICs in parallel; else 1."""
+    if not getattr(recipe, "parallel_consume", False):
+        return 1
+    return cfg.threads or len(os.sched_getaffinity(0))
+
+
 def gather_and_process(comm: MPI.Comm, cfg: Config, plan, driver: str, recipe=None,
                        count_dropped: bool = True) -> Processed:
     """Collective over ``comm`` (the ranks of ``plan``): stream every run of the plan into
@@ -88,6 +97,7 @@ def gather_and_process(comm: MPI.Comm, cfg: Config, plan, driver: str, recipe=No
     rejected, bytes_read, t_runs = {}, 0, []
     for ri in range(len(plan.runs)):
         st = gather_run(comm, plan, ri, blocks, recipe.consume, driver, cfg.prefetch,
+                        threads=consume_threads(cfg, recipe),
                         show_progress=comm.rank == 0 and not cfg.quiet)
         recipe.end_run(ri)
         for (m, reason), v in st.rejected.items():

@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 #: configuration keys that do not change the constants (ignored when resuming)
 NON_SCIENCE_KEYS = {"overwrite", "dry_run", "verbose", "quiet", "steps", "io_driver",
                     "chunk_frames", "config_file", "extra", "modules", "output_dir",
-                    "missing_modules", "prefetch", "report", "plot", "export", "drscs_memory"}
+                    "missing_modules", "prefetch", "report", "plot", "export", "drscs_memory",
+                    "threads"}
 
 
 def output_path(cfg: Config, module: int) -> Path:

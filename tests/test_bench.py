@@ -35,3 +35,4 @@ def test_bench_quick(tmp_path):
         assert m["peak_rss_MB_N"] > 0 and m["ratio_4N_over_N"] > 0
     for k in ("drspc", "drscs", "xray"):
         assert res["processors"][f"{k}_pixel_cells_per_s"] > 0
+    assert "skipped" in res["cold"]  # the disk measurements are not for the test suite

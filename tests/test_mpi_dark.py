@@ -181,3 +181,19 @@ def test_serial_hdf5_driver_gives_identical_results(runs_by_ranks, dark_set, tmp
         a, b = _load(runs_by_ranks[1], m), _load(out, m)
         for k in DATASETS:
             assert np.array_equal(a[k], b[k], equal_nan=True), (m, k)
+
+
+@pytest.mark.parametrize("n,threads", [(1, 3), (2, 2)])
+def test_threads_give_identical_results(runs_by_ranks, dark_set, tmp_path, n, threads):
+    """Ranks consuming their ASICs with several threads (``threads``) write the same
+    constants; the threads run even on one core (mpirun binds ranks to cores), so the test
+    exercises the parallel path whatever the machine."""
+    out = tmp_path / "out"
+    conf = dark_set.config(tmp_path / "run.conf", out)
+    r = run_mpi(n, [conf, "--threads", str(threads), "--chunk_frames", "40", "-v"])
+    assert r.returncode == 0, r.output
+    assert f"{threads} consume thread(s)" in r.output
+    for m in (0, 1):
+        a, b = _load(runs_by_ranks[1], m), _load(out, m)
+        for k in DATASETS:
+            assert np.array_equal(a[k], b[k], equal_nan=True), (m, k)

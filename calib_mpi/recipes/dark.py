@@ -28,6 +28,9 @@ class DarkRecipe:
     """Dark: offset, noise, gain levels, thresholds, bad pixels per (gain, cell, pixel)."""
 
     name = "dark"
+    #: consume touches only the unit's own accumulator (the kernel releases the GIL), so
+    #: gather may consume different ASICs in parallel threads
+    parallel_consume = True
     specs = [
         DatasetSpec("offset", (3,), np.float32, DIMS),
         DatasetSpec("noise", (3,), np.float32, DIMS),
