@@ -239,7 +239,8 @@ def run_currents(cfg: Config, comm: MPI.Comm, driver: str, started: str, t0: flo
     finally:
         group.Free()
     timing = finish_timing(cfg, comm, t0, sum(d.bytes_read for d in done.values()), {
-        "seconds_preprocess": t_scan, "seconds_gather_process": t_gather,
+        "seconds_preprocess": t_scan,
+        "seconds_gather_process": t_gather - sum(d.seconds_process for d in done.values()),
         "seconds_finalize": sum(d.seconds_process for d in done.values()),
         "seconds_merge": t_merge, "seconds_join": t_join,
         "merge_ranks_per_asic": max(spans.values(), default=0)})
@@ -319,7 +320,7 @@ def _report(cfg, todo, n_cells, info, gathered, spans, outputs, timing) -> list[
     name = f"{cfg.module_serial} (CFEL lab)" if cfg.facility == "cfel" else \
         ", ".join(map(str, todo))
     lines = [f"calib-mpi {__version__}: drscs calibration of module(s) {name} — {n_cells} "
-             f"cells, {len(currents)} current(s), {timing['n_ranks']} rank(s), "
+             f"cell(s), {len(currents)} current(s), {timing['n_ranks']} rank(s), "
              f"{timing['seconds_total']:.1f} s; merge over up to "
              f"{max(spans.values(), default=0)} rank(s) per ASIC"]
 
