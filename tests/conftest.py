@@ -9,6 +9,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from calib_mpi.mpienv import clean_environ
@@ -102,3 +103,24 @@ def load_datasets(path: Path, names) -> dict:
 
     with h5py.File(path, "r") as f:
         return {k: f[k][()] for k in names}
+
+
+#: per-(cell, pixel) result fields of drscs (each current's and the merged ones)
+DRSCS_FIELDS = ("slope", "offset", "residual", "gain_level", "threshold", "n_points",
+                "saturation_start", "error_code", "bad_pixels")
+
+
+def assert_currents_equal_serial(got: dict, truth: dict, currents) -> None:
+    """Each current's result (``currents/<name>/<field>`` in ``got``) equals a serial
+    ``process_scan`` of the truth's scans (``analog``, ``digital``, ``valid``: (current,
+    step, cell, rows, cols)), exactly."""
+    from calib_mpi.process.drscs import process_scan
+
+    a, d, v = truth["analog"], truth["digital"], truth["valid"]
+    n = a.shape[1]
+    for c, name in enumerate(currents):
+        want = process_scan(a[c].reshape(n, -1), d[c].reshape(n, -1), v[c].reshape(n, -1))
+        for k in DRSCS_FIELDS:
+            g = got[f"currents/{name}/{k}"]
+            assert np.array_equal(g, want[k].reshape(g.shape).astype(g.dtype),
+                                  equal_nan=True), (name, k)

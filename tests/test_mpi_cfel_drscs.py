@@ -29,15 +29,13 @@ import numpy as np
 import pytest
 
 from calib_mpi.geometry import AGIPD_FRAME, asic_blocks
-from calib_mpi.process.drscs import process_scan
 from calib_mpi.synthetic.cfel_drscs import CfelDrscsSet, write_drscs_config, write_drscs_runs
 
-from .conftest import load_datasets, run_jobs, run_mpi
+from .conftest import DRSCS_FIELDS, assert_currents_equal_serial, load_datasets, run_jobs, run_mpi
 
 pytestmark = pytest.mark.mpi
 
-FIELDS = ("slope", "offset", "residual", "gain_level", "threshold", "n_points",
-          "saturation_start", "error_code", "bad_pixels")
+FIELDS = DRSCS_FIELDS
 P = CfelDrscsSet()
 DATASETS = FIELDS + ("chosen_current", "metadata/trains_used", "metadata/runs") + tuple(
     f"currents/{c}/{k}" for c in P.currents for k in FIELDS + ("metadata/n_steps",))
@@ -108,15 +106,7 @@ def test_layout_and_metadata(outputs):
 
 
 def test_each_current_equals_serial_process_scan(outputs, truth):
-    got = _load(outputs[3][0])
-    a, d, v = truth["analog"], truth["digital"], truth["valid"]
-    n = a.shape[1]
-    for c, name in enumerate(P.currents):
-        want = process_scan(a[c].reshape(n, -1), d[c].reshape(n, -1), v[c].reshape(n, -1))
-        for k in FIELDS:
-            g = got[f"currents/{name}/{k}"]
-            w = want[k].reshape(g.shape).astype(g.dtype)
-            assert np.array_equal(g, w, equal_nan=True), (name, k)
+    assert_currents_equal_serial(_load(outputs[3][0]), truth, P.currents)
     # formats.md 3.4: col15 (k = 0) -> top-ASIC columns 3, 7, ...; bottom 0, 4, ...
     group = truth["column_group"]
     assert np.flatnonzero(group[0, :64] == 0).tolist() == list(range(3, 64, 4))
