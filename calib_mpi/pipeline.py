@@ -99,7 +99,10 @@ def gather_and_process(comm: MPI.Comm, cfg: Config, plan, driver: str, recipe=No
         st = gather_run(comm, plan, ri, blocks, recipe.consume, driver, cfg.prefetch,
                         threads=consume_threads(cfg, recipe),
                         show_progress=comm.rank == 0 and not cfg.quiet)
+        te = time.monotonic()
         recipe.end_run(ri)
+        log.debug("run %s: gather %.2f s, end of run %.2f s", plan.runs[ri], st.seconds,
+                  time.monotonic() - te)
         for (m, reason), v in st.rejected.items():
             rejected[(ri, m, reason)] = v
         bytes_read += st.bytes_read
