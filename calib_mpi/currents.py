@@ -40,7 +40,7 @@ from .join import DatasetSpec, ResultPart, write_module
 from .merge import merge_across_currents
 from .parallel import agree
 from .pipeline import Processed, finish_timing, gather_and_process, plan_inputs, provenance
-from .plan import Unit
+from .plan import Plan, Unit
 from .preprocess import (
     check_current_outputs,
     format_record,
@@ -75,7 +75,7 @@ def cell_passes(n_cells: int, per_cell: int, memory_mb: float) -> list[tuple[int
     return [(c0, min(c0 + k, n_cells)) for c0 in range(0, n_cells, k)]
 
 
-def process_current(group: MPI.Comm, cfg: Config, plan, driver: str) -> Processed:
+def process_current(group: MPI.Comm, cfg: Config, plan: Plan, driver: str) -> Processed:
     """Collective over ``group``: read and process one current, in as many passes over the
     data as ``cfg.drscs_memory`` needs (each pass keeps a window of memory cells)."""
     n_units = max(len(u) for u in plan.owners)
@@ -251,7 +251,7 @@ def run_currents(cfg: Config, comm: MPI.Comm, driver: str, started: str, t0: flo
             timing["seconds_total"]}
 
 
-def _current_info(plan, done, group_rank: int) -> dict | None:
+def _current_info(plan: Plan, done: Processed, group_rank: int) -> dict | None:
     """What every rank needs of one current for the module files (from group rank 0)."""
     if group_rank != 0:
         return None
@@ -303,8 +303,10 @@ def _write_module(comm: MPI.Comm, cfg: Config, m: int, driver: str, n_cells: int
     return path
 
 
-def _report(cfg, todo, n_cells, info, gathered, spans, outputs, timing) -> list[str]:
-    """The end-of-job report of rank 0."""
+def _report(cfg: Config, todo: list[int], n_cells: int, info: dict, gathered: list,
+            spans: dict, outputs: list[Path], timing: dict) -> list[str]:
+    """The end-of-job report of rank 0: per module and current the trains used and error
+    counts, the merged counts and how often each current was chosen."""
     from . import __version__
 
     currents = cfg.currents
@@ -324,7 +326,7 @@ def _report(cfg, todo, n_cells, info, gathered, spans, outputs, timing) -> list[
              f"{timing['seconds_total']:.1f} s; merge over up to "
              f"{max(spans.values(), default=0)} rank(s) per ASIC"]
 
-    def errs(v):
+    def errs(v: np.ndarray) -> str:
         failed = {int(k): int(n) for k, n in enumerate(v) if k and n}
         return f"ok {int(v[0])}, failed by error code {failed or 'none'}"
 

@@ -27,6 +27,7 @@ from .facilities import facility
 from .gather import gather_run
 from .join import ResultPart, write_module
 from .parallel import resolve_driver
+from .plan import Plan
 from .preprocess import format_record, make_plan, output_path, record_path, write_record
 from .readers.xfel import add_counts
 from .recipes import RECIPES
@@ -34,7 +35,7 @@ from .recipes import RECIPES
 log = logging.getLogger("calib_mpi")
 
 
-def plan_inputs(plan, module: int) -> list[str]:
+def plan_inputs(plan: Plan, module: int) -> list[str]:
     """Paths of the input files of ``module`` in ``plan``, in (run, file) order."""
     return [fi.path for (_, m), fl in sorted(plan.files.items()) if m == module for fi in fl]
 
@@ -83,7 +84,7 @@ def consume_threads(cfg: Config, recipe) -> int:
     return cfg.threads or len(os.sched_getaffinity(0))
 
 
-def gather_and_process(comm: MPI.Comm, cfg: Config, plan, driver: str, recipe=None,
+def gather_and_process(comm: MPI.Comm, cfg: Config, plan: Plan, driver: str, recipe=None,
                        count_dropped: bool = True) -> Processed:
     """Collective over ``comm`` (the ranks of ``plan``): stream every run of the plan into
     ``recipe`` (default: a new one of ``cfg.measurement``) and finalize it. Frames left out
@@ -119,7 +120,7 @@ def gather_and_process(comm: MPI.Comm, cfg: Config, plan, driver: str, recipe=No
                      time.monotonic() - t1)
 
 
-def module_attrs(cfg: Config, plan, module: int, comm: MPI.Comm, started: str) -> dict:
+def module_attrs(cfg: Config, plan: Plan, module: int, comm: MPI.Comm, started: str) -> dict:
     """Root attributes of a module file: provenance, what was measured, trains used."""
     attrs = provenance(cfg, plan_inputs(plan, module), comm, started)
     attrs.update({
@@ -143,7 +144,7 @@ def _check_steps(cfg: Config) -> None:
                          "(frames are streamed, not stored); include both")
 
 
-def report_plan(cfg: Config, comm: MPI.Comm, plan, record: dict) -> bool:
+def report_plan(cfg: Config, comm: MPI.Comm, plan: Plan | None, record: dict) -> bool:
     """Log the plan's notes and write the preprocess record (rank 0); True when the job
     stops here (nothing to do, dry run or preprocess only)."""
     if comm.rank == 0:
