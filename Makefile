@@ -7,13 +7,16 @@ export OMPI_ALLOW_RUN_AS_ROOT := 1
 export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM := 1
 export OMPI_MCA_rmaps_base_oversubscribe := 1
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo demo-drscs test lint bench clean
 
 setup:
 	@bash scripts/setup-env.sh
 
 demo: setup
 	@bash scripts/demo.sh $(NP)
+
+demo-drscs: setup
+	@bash scripts/demo_drscs.sh $(NP)
 
 test:
 	@WITH_SLURM=1 bash scripts/setup-env.sh
@@ -29,4 +32,4 @@ bench: setup
 	@$(PY) benchmarks/bench.py $(BENCH_ARGS)
 
 clean:
-	rm -rf demo bench-out .pytest_cache
+	rm -rf demo demo-drscs bench-out .pytest_cache

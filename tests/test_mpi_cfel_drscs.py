@@ -23,13 +23,19 @@ best one on some ASICs and a failed series of the best current is filled from an
 from __future__ import annotations
 
 import re
+import shutil
 
 import h5py
 import numpy as np
 import pytest
 
 from calib_mpi.geometry import AGIPD_FRAME, asic_blocks
-from calib_mpi.synthetic.cfel_drscs import CfelDrscsSet, write_drscs_config, write_drscs_runs
+from calib_mpi.synthetic.cfel_drscs import (
+    CfelDrscsSet,
+    check_result,
+    write_drscs_config,
+    write_drscs_runs,
+)
 
 from .conftest import DRSCS_FIELDS, assert_currents_equal_serial, load_datasets, run_jobs, run_mpi
 
@@ -137,6 +143,19 @@ def test_error_codes_and_merge_against_the_design(outputs, truth):
             assert np.array_equal(got[k][:, sel], per[c][:, sel], equal_nan=True), (k, c)
     assert np.all(got["error_code"][0][chosen >= 0] == 0)
     assert np.all(got["error_code"][0][chosen < 0] != 0)
+
+
+def test_demo_check_reports_a_match(outputs, lab_drscs, tmp_path):
+    """The comparison `make demo-drscs` prints says OK for a correct result, and MISMATCH
+    when one chosen current is wrong."""
+    lines = check_result(outputs[2][0], lab_drscs[1])
+    assert lines[0].startswith("OK"), lines
+    assert "chosen current as designed for 65536 of 65536" in "\n".join(lines)
+    wrong = tmp_path / "wrong.h5"
+    shutil.copy(outputs[2][0], wrong)
+    with h5py.File(wrong, "r+") as f:
+        f["chosen_current"][0, 0, 100, 100] = (f["chosen_current"][0, 0, 100, 100] + 1) % 3
+    assert check_result(wrong, lab_drscs[1])[0].startswith("MISMATCH")
 
 
 def test_against_generating_values(outputs, truth):

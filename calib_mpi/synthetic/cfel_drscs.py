@@ -187,3 +187,61 @@ def write_drscs_config(path: Path | str, input_dir: Path | str, out_dir: Path | 
     path = Path(path)
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def check_result(result: Path | str, truth: Path | str) -> list[str]:
+    """Compare a calib-mpi drscs result of this set with its truth; returns report lines, the
+    first one starting with ``OK`` or ``MISMATCH``."""
+    with h5py.File(truth, "r") as t, h5py.File(result, "r") as f:
+        names = [c.decode() for c in f["metadata/currents"][()]]
+        lines, ok = [], True
+        for c, name in enumerate(names):
+            code = f[f"currents/{name}/error_code"][0] if len(names) > 1 else f["error_code"][0]
+            same = code == t["expected_error"][c]
+            ok &= bool(same.all())
+            lines.append(f"  current {name}: error codes as generated for {same.sum()} of "
+                         f"{same.size} (cell, pixel)s; {int((code == 0).sum())} fitted")
+        chosen = f["chosen_current"][0]
+        same = chosen == t["expected_chosen"][()]
+        ok &= bool(same.all())
+        counts = ", ".join(f"{n} {int((chosen == c).sum())}" for c, n in enumerate(names))
+        lines.append(f"  merged: chosen current as designed for {same.sum()} of {same.size} "
+                     f"(cell, pixel)s ({counts}, none {int((chosen < 0).sum())})")
+        good = chosen >= 0
+        slope = np.take_along_axis(t["slope"][()], np.maximum(chosen, 0)[None, None].astype(
+            np.int64), axis=0)[0]
+        rel = np.abs(f["slope"][()] / slope - 1)[:, good]
+        lines.append("  merged slopes vs generating values, median relative deviation: "
+                     + ", ".join(f"{g} {np.median(r):.2%}" for g, r in
+                                 zip(("high", "medium", "low"), rel, strict=True)))
+    return [("OK: the result matches the ground truth" if ok else
+             "MISMATCH: the result differs from the ground truth")] + lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m calib_mpi.synthetic.cfel_drscs write DIR CONF OUT`` or ``check RESULT
+    TRUTH``."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description="synthetic lab drscs run set (3 currents)")
+    sub = ap.add_subparsers(dest="what", required=True)
+    w = sub.add_parser("write", help="write the runs, their truth and a config file")
+    w.add_argument("dir")
+    w.add_argument("config")
+    w.add_argument("results")
+    c = sub.add_parser("check", help="compare a result with the truth")
+    c.add_argument("result")
+    c.add_argument("truth")
+    a = ap.parse_args(argv)
+    if a.what == "write":
+        p = CfelDrscsSet()
+        print(f"truth: {write_drscs_runs(a.dir, p)}")
+        write_drscs_config(a.config, a.dir, a.results, p)
+        return 0
+    lines = check_result(a.result, a.truth)
+    print("\n".join(lines))
+    return 0 if lines[0].startswith("OK") else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
