@@ -400,3 +400,18 @@ def test_flat_run_rule():
     np.testing.assert_array_equal(res["saturation_start"], n_steps - 12)
     plain = process_scan(flat.astype(np.uint16), d, v, DrscsParams(flat_filter_window=1))
     np.testing.assert_array_equal(plain["saturation_start"], n_steps)  # run of 4 after it
+
+
+@pytest.mark.parametrize("window", [3, 5, 7])
+@pytest.mark.parametrize("shape", [(1, 4), (2, 3), (4, 6), (240, 300)])
+def test_running_median_equals_scipy(window, shape):
+    """The selection-network running median equals scipy's median_filter (edges repeated),
+    with many ties (small integers) and with distinct values."""
+    from scipy import ndimage
+
+    from calib_mpi.process.drscs import running_median
+
+    rng = np.random.default_rng(window * 100 + shape[0])
+    for x in (rng.integers(0, 6, shape).astype(np.float64), rng.normal(size=shape)):
+        want = ndimage.median_filter(x, size=(window, 1), mode="nearest")
+        assert np.array_equal(running_median(x, window), want)

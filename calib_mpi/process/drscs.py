@@ -66,6 +66,7 @@ from calib_mpi.badpixels import BAD_PIXEL_DTYPE, BadPixels
 
 __all__ = [
     "DrscsParams",
+    "running_median",
     "ERROR_CODES",
     "N_GAINS",
     "choose_current",
@@ -127,6 +128,28 @@ class DrscsParams:
     drop_window: int = 2
     min_points: tuple[int, int, int] = (7, 30, 30)
     residual_threshold: float = 100.0
+
+
+def running_median(x: np.ndarray, window: int) -> np.ndarray:
+    """Running median over axis 0 (steps) of ``x`` (step, P), edges repeated: equal to
+    ``scipy.ndimage.median_filter(x, size=(window, 1), mode="nearest")``. Windows of 3 and 5
+    use min/max selection networks on shifted views (about 5x faster); others, and input
+    with NaN, go to scipy."""
+    if window not in (3, 5) or x.shape[0] == 0 or np.isnan(x).any():
+        return ndimage.median_filter(x, size=(window, 1), mode="nearest")
+    h = window // 2
+    xp = np.concatenate([np.repeat(x[:1], h, axis=0), x, np.repeat(x[-1:], h, axis=0)])
+    n = x.shape[0]
+    v = [xp[i:i + n] for i in range(window)]
+
+    def med3(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+        return np.maximum(np.minimum(a, b), np.minimum(np.maximum(a, b), c))
+
+    if window == 3:
+        return med3(*v)
+    a, b, c, d, e = v
+    return med3(e, np.maximum(np.minimum(a, b), np.minimum(c, d)),
+                np.minimum(np.maximum(a, b), np.maximum(c, d)))
 
 
 def scaled_x(t: np.ndarray, scaling_point: int = 200, scaling_factor: float = 10.0) -> np.ndarray:
@@ -305,7 +328,7 @@ def process_scan(
     first_valid = np.argmax(v, axis=0)
     fill_idx = np.where(last_valid >= 0, last_valid, first_valid[None, :])
     d_fill = np.take_along_axis(df, fill_idx, axis=0)
-    med = ndimage.median_filter(d_fill, size=(p.spike_window, 1), mode="nearest")
+    med = running_median(d_fill, p.spike_window)
     d_clean = np.where(np.abs(d_fill - med) >= p.spike_threshold, med, d_fill)
 
     # 3. switches: first valid step above the current stage's level + threshold
@@ -334,7 +357,7 @@ def process_scan(
     low_start = np.where(n_switch >= 2, b1, big)
     a_med = np.take_along_axis(af, fill_idx, axis=0)
     if p.flat_filter_window > 1:
-        a_med = ndimage.median_filter(a_med, size=(p.flat_filter_window, 1), mode="nearest")
+        a_med = running_median(a_med, p.flat_filter_window)
     a_step = a_med - np.take_along_axis(a_med, np.maximum(prev, 0), axis=0)
     flat = has_delta & (np.abs(a_step) < p.saturation_threshold_diff)
     brk = (v & ~flat) | (tc < low_start)
