@@ -52,6 +52,7 @@ from ..readers.cfel import (
     SEQUENCE,
     TOTAL_LOSS,
 )
+from .conf import write_config_file
 
 GAIN_OFFSET = (5000.0, 5600.0, 6200.0)
 GAIN_NOISE = ((4.0, 5.5), (2.5, 3.5), (1.5, 2.0))
@@ -257,22 +258,11 @@ def write_config(path: Path | str, input_dir: Path | str, out_dir: Path | str,
     """Write a calib-mpi config file (``facility = cfel``) for the run set (``extra``: more
     ``key = value`` lines). Run numbers are left to be found from the file names."""
     p = p or CfelDarkSet()
-    lines = [
-        "# calib-mpi config for a synthetic CFEL lab dark run set",
-        "facility = cfel",
-        "measurement = dark",
-        f"input_dir = {Path(input_dir).resolve()}",
-        f"temperature = {p.temperature}",
-        f"module_serial = {p.module}",
-        f"position = {p.position}",
-    ] + ([f"spec = {p.spec}"] if p.spec else []) + [
-        f"run_names = {' '.join(p.run_names)}",
-        f"n_cells = {p.n_cells}",
-        f"output_dir = {Path(out_dir).resolve()}",
-    ] + [f"{k} = {v}" for k, v in extra.items()]
-    path = Path(path)
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return write_config_file(path, "CFEL lab dark run set", {
+        "facility": "cfel", "measurement": "dark", "input_dir": Path(input_dir),
+        "temperature": p.temperature, "module_serial": p.module, "position": p.position,
+        "spec": p.spec or None, "run_names": p.run_names, "n_cells": p.n_cells,
+        "output_dir": Path(out_dir)}, extra)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -37,6 +37,7 @@ import numpy as np
 
 from ..geometry import AGIPD_FRAME, asic_blocks, chip_coordinates
 from .cfel_scans import write_lab_run
+from .conf import write_config_file
 from .drscs import KIND_ALL_LOST, make_drscs_scans
 from .xfel_scans import _to_uint16
 
@@ -172,21 +173,10 @@ def write_drscs_config(path: Path | str, input_dir: Path | str, out_dir: Path | 
                        p: CfelDrscsSet | None = None, **extra) -> Path:
     """Write a calib-mpi config (``facility = cfel``, ``measurement = drscs``, every current)."""
     p = p or CfelDrscsSet()
-    lines = [
-        "# calib-mpi config for a synthetic CFEL lab drscs run set",
-        "facility = cfel",
-        "measurement = drscs",
-        f"input_dir = {Path(input_dir).resolve()}",
-        f"temperature = {p.temperature}",
-        f"module_serial = {p.module}",
-        f"position = {p.position}",
-        f"current = {' '.join(p.currents)}",
-        f"n_cells = {p.n_cells}",
-        f"output_dir = {Path(out_dir).resolve()}",
-    ] + [f"{k} = {v}" for k, v in extra.items()]
-    path = Path(path)
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return write_config_file(path, "CFEL lab drscs run set", {
+        "facility": "cfel", "measurement": "drscs", "input_dir": Path(input_dir),
+        "temperature": p.temperature, "module_serial": p.module, "position": p.position,
+        "current": p.currents, "n_cells": p.n_cells, "output_dir": Path(out_dir)}, extra)
 
 
 def check_result(result: Path | str, truth: Path | str) -> list[str]:

@@ -44,6 +44,7 @@ import numpy as np
 from ..badpixels import BadPixels, bits
 from ..geometry import AGIPD_FRAME, asic_blocks, chip_coordinates
 from .cfel import _cuts, _write_part
+from .conf import write_config_file
 from .drspc import make_drspc_sweep
 from .xfel_scans import _line_fit, _to_uint16, drspc_values
 from .xray import make_xray_run
@@ -202,24 +203,12 @@ def write_config(path: Path | str, input_dir: Path | str, out_dir: Path | str,
     """Write a calib-mpi config file (``facility = cfel``, ``measurement = drspc``) for the run
     set (``extra``: more ``key = value`` lines); run numbers are found from the file names."""
     p = p or CfelDrspcSet()
-    lines = [
-        "# calib-mpi config for a synthetic CFEL lab drspc run set",
-        "facility = cfel",
-        "measurement = drspc",
-        f"input_dir = {Path(input_dir).resolve()}",
-        f"temperature = {p.temperature}",
-        f"module_serial = {p.module}",
-        f"position = {p.position}",
-        f"run_names = {' '.join(p.run_names)}",
-        f"n_cells = {p.n_cells}",
-        "drspc_windows = " + " ".join(str(t) for w in p.windows for t in w),
-        "drspc_slope_limits = " + " ".join(f"{v:g}" for v in p.slope_limits),
-        "drspc_residual_limits = " + " ".join(f"{v:g}" for v in p.residual_limits),
-        f"output_dir = {Path(out_dir).resolve()}",
-    ] + [f"{k} = {v}" for k, v in extra.items()]
-    path = Path(path)
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return write_config_file(path, "CFEL lab drspc run set", {
+        "facility": "cfel", "measurement": "drspc", "input_dir": Path(input_dir),
+        "temperature": p.temperature, "module_serial": p.module, "position": p.position,
+        "run_names": p.run_names, "n_cells": p.n_cells, "drspc_windows": p.windows,
+        "drspc_slope_limits": p.slope_limits, "drspc_residual_limits": p.residual_limits,
+        "output_dir": Path(out_dir)}, extra)
 
 
 @dataclass
@@ -290,18 +279,7 @@ def write_xray_config(path: Path | str, input_dir: Path | str, out_dir: Path | s
     (``extra``: more ``key = value`` lines); the run number is found from the file names and
     ``spec`` defaults to ``xray_target``."""
     p = p or CfelXraySet()
-    lines = [
-        "# calib-mpi config for a synthetic CFEL lab xray run",
-        "facility = cfel",
-        "measurement = xray",
-        f"input_dir = {Path(input_dir).resolve()}",
-        f"temperature = {p.temperature}",
-        f"module_serial = {p.module}",
-        f"position = {p.position}",
-        f"xray_target = {p.target}",
-        f"n_cells = {p.n_cells}",
-        f"output_dir = {Path(out_dir).resolve()}",
-    ] + [f"{k} = {v}" for k, v in extra.items()]
-    path = Path(path)
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return write_config_file(path, "CFEL lab xray run", {
+        "facility": "cfel", "measurement": "xray", "input_dir": Path(input_dir),
+        "temperature": p.temperature, "module_serial": p.module, "position": p.position,
+        "xray_target": p.target, "n_cells": p.n_cells, "output_dir": Path(out_dir)}, extra)

@@ -27,6 +27,7 @@ import h5py
 import numpy as np
 
 from ..badpixels import BadPixels, bits
+from .conf import write_config_file
 
 DETECTOR = "SPB_DET_AGIPD1M-1"
 
@@ -312,19 +313,10 @@ def write_config(path: Path | str, raw_dir: Path | str, out_dir: Path | str,
                  p: DarkRunSet | None = None, **extra) -> Path:
     """Write a calib-mpi config file for the run set (``extra``: more ``key = value`` lines)."""
     p = p or DarkRunSet()
-    lines = [
-        "# calib-mpi config for a synthetic dark run set",
-        "facility = xfel",
-        "measurement = dark",
-        f"input_dir = {Path(raw_dir).resolve()}",
-        f"runs = {' '.join(str(r) for r in p.runs)}",
-        f"modules = {' '.join(str(m) for m in p.modules)}",
-        f"detector = {p.detector}",
-        f"output_dir = {Path(out_dir).resolve()}",
-    ] + [f"{k} = {v}" for k, v in extra.items()]
-    path = Path(path)
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return write_config_file(path, "dark run set", {
+        "facility": "xfel", "measurement": "dark", "input_dir": Path(raw_dir),
+        "runs": p.runs, "modules": p.modules, "detector": p.detector,
+        "output_dir": Path(out_dir)}, extra)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -26,6 +26,7 @@ import numpy as np
 
 from ..geometry import XFEL_FRAME, asic_blocks, chip_coordinates
 from .cfel_drscs import ALL_ZERO_ERROR, merge_failures
+from .conf import write_config_file
 from .drscs import KIND_ALL_LOST, make_drscs_scans
 from .xfel import DETECTOR, DarkRunSet, _Train, _write_sequence
 from .xfel_scans import _to_uint16
@@ -130,17 +131,7 @@ def write_xfel_drscs_config(path: Path | str, raw_dir: Path | str, out_dir: Path
                             p: XfelDrscsSet | None = None, **extra) -> Path:
     """Write a calib-mpi config (``facility = xfel``, ``measurement = drscs``)."""
     p = p or XfelDrscsSet()
-    lines = [
-        "# calib-mpi config for a synthetic XFEL drscs run set",
-        "facility = xfel",
-        "measurement = drscs",
-        f"input_dir = {Path(raw_dir).resolve()}",
-        f"runs = {' '.join(map(str, p.runs))}",
-        f"current = {' '.join(p.currents)}",
-        f"modules = {p.module}",
-        f"detector = {p.detector}",
-        f"output_dir = {Path(out_dir).resolve()}",
-    ] + [f"{k} = {v}" for k, v in extra.items()]
-    path = Path(path)
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return write_config_file(path, "XFEL drscs run set", {
+        "facility": "xfel", "measurement": "drscs", "input_dir": Path(raw_dir),
+        "runs": p.runs, "current": p.currents, "modules": p.module, "detector": p.detector,
+        "output_dir": Path(out_dir)}, extra)

@@ -38,6 +38,7 @@ import numpy as np
 
 from ..badpixels import BadPixels, bits
 from ..geometry import XFEL_FRAME, asic_blocks, chip_coordinates
+from .conf import write_config_file
 from .drspc import DrspcSweep, make_drspc_sweep
 from .xfel import DETECTOR, DarkRunSet, _Train, _write_sequence
 from .xray import make_xray_run
@@ -310,20 +311,9 @@ def write_xray_runs(out_dir: Path | str, p: XrayRunSet | None = None) -> Path:
 def write_scan_config(path: Path | str, raw_dir: Path | str, out_dir: Path | str,
                       p: DrspcRunSet | XrayRunSet, **extra) -> Path:
     """Write a calib-mpi config file for a drspc or xray run set (``extra``: more keys)."""
-    measurement = "drspc" if isinstance(p, DrspcRunSet) else "xray"
-    lines = [
-        f"# calib-mpi config for a synthetic {measurement} run set",
-        "facility = xfel",
-        f"measurement = {measurement}",
-        f"input_dir = {Path(raw_dir).resolve()}",
-        f"runs = {' '.join(str(r) for r in p.runs)}",
-        f"modules = {' '.join(str(m) for m in p.modules)}",
-        f"detector = {p.detector}",
-        f"output_dir = {Path(out_dir).resolve()}",
-    ]
-    if isinstance(p, DrspcRunSet):
-        lines.append("drspc_windows = " + " ".join(str(t) for w in p.windows for t in w))
-    lines += [f"{k} = {v}" for k, v in extra.items()]
-    path = Path(path)
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    drspc = isinstance(p, DrspcRunSet)
+    measurement = "drspc" if drspc else "xray"
+    return write_config_file(path, f"{measurement} run set", {
+        "facility": "xfel", "measurement": measurement, "input_dir": Path(raw_dir),
+        "runs": p.runs, "modules": p.modules, "detector": p.detector,
+        "output_dir": Path(out_dir), "drspc_windows": p.windows if drspc else None}, extra)
