@@ -39,7 +39,14 @@ from .facilities import facility
 from .join import DatasetSpec, ResultPart, write_module
 from .merge import merge_across_currents
 from .parallel import agree
-from .pipeline import Processed, finish_timing, gather_and_process, plan_inputs, provenance
+from .pipeline import (
+    Processed,
+    finish_timing,
+    gather_and_process,
+    lab_attrs,
+    plan_inputs,
+    provenance,
+)
 from .plan import Plan, Unit
 from .preprocess import (
     check_current_outputs,
@@ -49,7 +56,14 @@ from .preprocess import (
     record_path,
     write_record,
 )
-from .recipes.drscs import DIMS, DrscsRecipe, bytes_per_cell, scan_steps
+from .recipes.drscs import (
+    DIMS,
+    N_ERROR_CODES,
+    DrscsRecipe,
+    bytes_per_cell,
+    error_counts,
+    scan_steps,
+)
 
 log = logging.getLogger("calib_mpi")
 
@@ -92,8 +106,10 @@ def process_current(group: MPI.Comm, cfg: Config, plan: Plan, driver: str) -> Pr
     first = parts[0]
     results = {u: {k: np.concatenate([p.results[u][k] for p in parts], axis=1) for k in r}
                for u, r in first.results.items()}
+    summary = {m: {"errors": sum(p.summary[m]["errors"] for p in parts)}
+               for m in first.summary}
     return dataclasses.replace(
-        first, results=results, bytes_read=sum(p.bytes_read for p in parts),
+        first, results=results, summary=summary, bytes_read=sum(p.bytes_read for p in parts),
         seconds_per_run=[t for p in parts for t in p.seconds_per_run],
         seconds_gather=sum(p.seconds_gather for p in parts),
         seconds_process=sum(p.seconds_process for p in parts))
@@ -151,14 +167,6 @@ def _merge_units(comm: MPI.Comm, holders: dict, results: dict
                                              -1).astype(np.int16)
             merged[u] = out
     return merged, spans
-
-
-def _error_counts(results: dict) -> dict[int, np.ndarray]:
-    out: dict[int, np.ndarray] = {}
-    for u, r in results.items():
-        cnt = np.bincount(r["error_code"].ravel().astype(np.int64), minlength=11)[:11]
-        out[u.module] = out.get(u.module, 0) + cnt
-    return out
 
 
 def run_currents(cfg: Config, comm: MPI.Comm, driver: str, started: str, t0: float) -> dict:
@@ -227,15 +235,12 @@ def run_currents(cfg: Config, comm: MPI.Comm, driver: str, started: str, t0: flo
                 outputs.append(_write_module(comm, cfg, m, driver, n_cells, info, done,
                                              merged, started))
         t_join = time.monotonic() - t1
-        counts = {"merged": _error_counts(merged)}
-        for c in range(len(currents)):
-            counts[c] = _error_counts({u: r for (cc, u), r in results.items() if cc == c})
         chosen: dict[int, np.ndarray] = {}
         for u, r in merged.items():
             cc = r["chosen_current"].ravel().astype(np.int64) + 1
             chosen[u.module] = chosen.get(u.module, 0) + np.bincount(
                 cc, minlength=len(currents) + 1)
-        gathered = comm.gather((counts, chosen), root=0)
+        gathered = comm.gather((error_counts(merged), chosen), root=0)
     finally:
         group.Free()
     timing = finish_timing(cfg, comm, t0, sum(d.bytes_read for d in done.values()), {
@@ -261,7 +266,9 @@ def _current_info(plan: Plan, done: Processed, group_rank: int) -> dict | None:
             "dropped": {m: {str(plan.runs[ri]): plan.dropped[(ri, m)]
                             for ri in range(len(plan.runs))} for m in plan.modules},
             "inputs": {m: plan_inputs(plan, m) for m in plan.modules},
-            "extra": done.extra}
+            "extra": done.extra,
+            "errors": {m: done.summary.get(m, {}).get("errors", np.zeros(N_ERROR_CODES, np.int64))
+                       for m in plan.modules}}
 
 
 def _write_module(comm: MPI.Comm, cfg: Config, m: int, driver: str, n_cells: int, info: dict,
@@ -279,9 +286,7 @@ def _write_module(comm: MPI.Comm, cfg: Config, m: int, driver: str, n_cells: int
         "trains_used": np.array([info[c]["trains_used"][m] for c in have]),
         "dropped": json.dumps({currents[c]: info[c]["dropped"][m] for c in have}),
     })
-    if cfg.facility == "cfel":
-        attrs.update({"module_serial": cfg.module_serial, "position": cfg.position,
-                      "temperature": cfg.temperature, "run_names": list(cfg.run_names)})
+    attrs.update(lab_attrs(cfg))
     extra = {"metadata/currents": np.array(list(currents)),
              "metadata/runs": attrs["runs"], "metadata/trains_used": attrs["trains_used"]}
     specs = fac.specs(DrscsRecipe.specs)
@@ -310,13 +315,11 @@ def _report(cfg: Config, todo: list[int], n_cells: int, info: dict, gathered: li
     from . import __version__
 
     currents = cfg.currents
-    counts: dict = {}
+    merged: dict[int, np.ndarray] = {}
     chosen: dict[int, np.ndarray] = {}
     for cnt, ch in gathered:
-        for key, per_mod in cnt.items():
-            for m, v in per_mod.items():
-                counts.setdefault(key, {}).setdefault(m, np.zeros(11, np.int64))
-                counts[key][m] += v
+        for m, v in cnt.items():
+            merged[m] = merged.get(m, 0) + v
         for m, v in ch.items():
             chosen[m] = chosen.get(m, 0) + v
     name = f"{cfg.module_serial} (CFEL lab)" if cfg.facility == "cfel" else \
@@ -339,10 +342,10 @@ def _report(cfg: Config, todo: list[int], n_cells: int, info: dict, gathered: li
             used = ", ".join(f"run {r}: {n}" for r, n in
                              zip(info[c]["runs"], info[c]["trains_used"][m], strict=True))
             lines.append(f"     current {cur}: trains used {used}; "
-                         f"{errs(counts.get(c, {}).get(m, np.zeros(11)))}")
+                         f"{errs(info[c]['errors'][m])}")
         ch = chosen.get(m, np.zeros(len(currents) + 1, np.int64))
         picks = ", ".join(f"{cur} {int(ch[c + 1])}" for c, cur in enumerate(currents))
-        lines.append(f"     merged: {errs(counts['merged'].get(m, np.zeros(11)))}; chosen "
+        lines.append(f"     merged: {errs(merged.get(m, np.zeros(N_ERROR_CODES)))}; chosen "
                      f"current: {picks}, none {int(ch[0])}")
     lines += [f"  wrote {p}" for p in outputs]
     return lines

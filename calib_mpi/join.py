@@ -96,7 +96,7 @@ def write_module(comm: MPI.Comm, module: int, path: Path, driver: str, n_cells: 
     collective = driver == "mpio"
     if driver != "mpio" and comm.size != 1:
         raise RuntimeError("serial HDF5 output needs a single rank")
-    mine = [sorted(part.results, key=lambda u: u.block) for part in parts]
+    mine = [sorted(part.results) for part in parts]
     n_calls = comm.allgather([len(m) for m in mine])
     n_calls = [max(n[i] for n in n_calls) for i in range(len(parts))]
     try:

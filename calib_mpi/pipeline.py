@@ -131,10 +131,16 @@ def module_attrs(cfg: Config, plan: Plan, module: int, comm: MPI.Comm, started: 
         "dropped": json.dumps({str(plan.runs[ri]): plan.dropped[(ri, module)]
                                for ri in range(len(plan.runs))}),
     })
-    if cfg.facility == "cfel":
-        attrs.update({"module_serial": cfg.module_serial, "position": cfg.position,
-                      "temperature": cfg.temperature, "run_names": list(cfg.run_names)})
+    attrs.update(lab_attrs(cfg))
     return attrs
+
+
+def lab_attrs(cfg: Config) -> dict:
+    """Root attributes naming a CFEL lab module and its runs (none for XFEL)."""
+    if cfg.facility != "cfel":
+        return {}
+    return {"module_serial": cfg.module_serial, "position": cfg.position,
+            "temperature": cfg.temperature, "run_names": list(cfg.run_names)}
 
 
 def _check_steps(cfg: Config) -> None:

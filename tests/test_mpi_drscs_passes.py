@@ -18,10 +18,7 @@ from calib_mpi.currents import cell_passes
 from calib_mpi.process.drscs import process_scan
 from calib_mpi.synthetic.cfel_drscs import CfelDrscsSet, write_drscs_config, write_drscs_runs
 
-from .conftest import run_mpi
-
-FIELDS = ("slope", "offset", "residual", "gain_level", "threshold", "n_points",
-          "saturation_start", "error_code", "bad_pixels")
+from .conftest import DRSCS_FIELDS, run_mpi
 
 
 def test_cell_passes():
@@ -48,7 +45,7 @@ def test_two_passes_equal_serial_processing(tmp_path):
     n = a.shape[0]
     want = process_scan(a.reshape(n, -1), d.reshape(n, -1), v.reshape(n, -1))
     with h5py.File(tmp_path / "out/drscs/drscs_M304_cfel.h5", "r") as f:
-        for k in FIELDS:
+        for k in DRSCS_FIELDS:
             g = f[k][()]
             assert np.array_equal(g, want[k].reshape(g.shape).astype(g.dtype),
                                   equal_nan=True), k

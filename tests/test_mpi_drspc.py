@@ -29,7 +29,7 @@ from calib_mpi.geometry import XFEL_FRAME, asic_blocks, xfel_to_agipd_frame
 from calib_mpi.recipes.drspc import injection_masks
 from calib_mpi.synthetic.xfel_scans import DrspcRunSet, write_drspc_runs, write_scan_config
 
-from .conftest import run_mpi
+from .conftest import run_jobs, run_mpi
 
 pytestmark = pytest.mark.mpi
 
@@ -50,15 +50,9 @@ def drspc_set(tmp_path_factory):
 @pytest.fixture(scope="module")
 def outputs(drspc_set, tmp_path_factory):
     raw, p = drspc_set
-    base = tmp_path_factory.mktemp("drspc_out")
-    outs = {}
-    for n, chunk in JOBS.items():
-        out = base / f"out{n}"
-        conf = write_scan_config(base / f"run{n}.conf", raw, out, p, chunk_frames=chunk)
-        r = run_mpi(n, [conf], timeout=60)
-        assert r.returncode == 0, r.output
-        outs[n] = (out, r)
-    return outs
+    return run_jobs(tmp_path_factory.mktemp("drspc_out"), JOBS,
+                    lambda conf, out, chunk: write_scan_config(conf, raw, out, p,
+                                                               chunk_frames=chunk), "")
 
 
 def _load(out, module):

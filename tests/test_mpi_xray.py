@@ -23,7 +23,7 @@ import pytest
 
 from calib_mpi.synthetic.xfel_scans import XrayRunSet, write_scan_config, write_xray_runs
 
-from .conftest import run_mpi
+from .conftest import run_jobs, run_mpi
 from .test_process_xray import WINDOW, check_pulls, truncated_m2
 
 pytestmark = pytest.mark.mpi
@@ -47,15 +47,10 @@ def xray_set(tmp_path_factory):
 @pytest.fixture(scope="module")
 def outputs(xray_set, tmp_path_factory):
     raw, p = xray_set
-    base = tmp_path_factory.mktemp("xray_out")
-    outs = {}
-    for n, chunk in JOBS.items():
-        out = base / f"out{n}"
-        conf = write_scan_config(base / f"run{n}.conf", raw, out, p, chunk_frames=chunk)
-        r = run_mpi(n, [conf], timeout=90)
-        assert r.returncode == 0, r.output
-        outs[n] = (out / "xray" / "xray_AGIPD03_xfel.h5", r)
-    return outs
+    return run_jobs(tmp_path_factory.mktemp("xray_out"), JOBS,
+                    lambda conf, out, chunk: write_scan_config(conf, raw, out, p,
+                                                               chunk_frames=chunk),
+                    "xray/xray_AGIPD03_xfel.h5", timeout=90)
 
 
 def _load(path: Path) -> dict[str, np.ndarray]:

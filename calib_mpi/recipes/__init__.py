@@ -10,7 +10,8 @@ A recipe is built per job as ``Recipe(cfg, plan)`` and driven by :func:`calib_mp
   ``(k, cell, 64, 64)`` named as in ``specs``;
 - ``module_extra(comm, results)`` (collective): small per-module datasets, identical on all
   ranks; ``summary(comm, results)`` (collective) and ``describe(module, summary)``: the
-  report printed at the end.
+  report printed at the end (drscs jobs are reported by :mod:`calib_mpi.currents`, so the
+  drscs recipe has no ``describe``).
 
 The class attributes ``name`` and ``specs`` (the :class:`~calib_mpi.join.DatasetSpec` list of
 the output file) describe the measurement. Adding a measurement means adding a module here, an

@@ -35,6 +35,8 @@ from ..process.drscs import N_GAINS, DrscsParams, process_scan
 DIMS = ("gain", "cell", "slow_scan", "fast_scan")
 N_COLUMN_GROUPS = 4
 N_PIX = 64 * 64
+#: error codes 0..10 of process_scan (calib_mpi.process.drscs.ERROR_CODES)
+N_ERROR_CODES = 11
 
 
 def injection_masks(module: int, block: int,
@@ -56,6 +58,16 @@ def bytes_per_cell(plan: Plan, n_units: int) -> int:
     """Memory of the stored scans per memory cell for ``n_units`` ASICs (analog, digital:
     uint16, valid: bool)."""
     return scan_steps(plan) * N_PIX * 5 * n_units
+
+
+def error_counts(results: dict[Unit, dict]) -> dict[int, np.ndarray]:
+    """Per module, the count of (cell, pixel)s per error code (0..10) of these results."""
+    out: dict[int, np.ndarray] = {}
+    for u, r in results.items():
+        cnt = np.bincount(r["error_code"].ravel().astype(np.int64),
+                          minlength=N_ERROR_CODES)[:N_ERROR_CODES]
+        out[u.module] = out.get(u.module, 0) + cnt
+    return out
 
 
 class DrscsRecipe:
@@ -141,20 +153,10 @@ class DrscsRecipe:
                 for m in self.plan.modules}
 
     def summary(self, comm: MPI.Comm, results: dict[Unit, dict]) -> dict:
-        """Collective: per module, count of (cell, pixel)s per error code."""
-        local: dict[int, np.ndarray] = {}
-        for u, r in results.items():
-            counts = np.bincount(r["error_code"].ravel().astype(np.int64), minlength=11)[:11]
-            local[u.module] = local.get(u.module, 0) + counts
+        """Collective: per module, ``{"errors": count of (cell, pixel)s per error code}``.
+        The end-of-job report of drscs jobs is made by :mod:`calib_mpi.currents`."""
         out: dict = {}
-        for d in comm.allgather(local):
+        for d in comm.allgather(error_counts(results)):
             for m, cnt in d.items():
-                out.setdefault(m, {"errors": np.zeros(11, np.int64)})["errors"] += cnt
+                out.setdefault(m, {"errors": np.zeros(N_ERROR_CODES, np.int64)})["errors"] += cnt
         return out
-
-    def describe(self, module: int, s: dict) -> list[str]:
-        """Report lines of one module for the end-of-job summary."""
-        err = s.get("errors", np.zeros(11, np.int64))
-        failed = {int(k): int(v) for k, v in enumerate(err) if k and v}
-        return [f"scan steps {self.n_steps}; series ok {int(err[0])}, failed by error code "
-                f"{failed or 'none'}"]

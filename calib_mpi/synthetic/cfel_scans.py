@@ -41,11 +41,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..badpixels import BadPixels, bits
 from ..geometry import AGIPD_FRAME, asic_blocks, chip_coordinates
 from .cfel import _cuts, _write_part
 from .conf import write_config_file
-from .drspc import make_drspc_sweep
+from .drspc import broken_truth, make_drspc_sweep
 from .xfel_scans import _line_fit, _to_uint16, drspc_values
 from .xray import make_xray_run
 
@@ -146,19 +145,9 @@ def write_drspc_runs(input_dir: Path | str, p: CfelDrspcSet | None = None) -> Pa
         truth["offset"][sl] = np.stack([sw.offset_high, sw.offset_medium])
         truth["gain_level"][sl] = np.stack([sw.gain_level_high, sw.gain_level_medium])
         rho[blk.rows, blk.cols] = chip_coordinates(AGIPD_FRAME, 0, blk)[0]
-        req = required[sl]
-        for kind, coords in enumerate((sw.dead, sw.no_switch, sw.noisy)):
-            r, c = coords[:, 0], coords[:, 1]
-            for row, col in zip(r + blk.rows.start, c + blk.cols.start, strict=True):
-                broken.append((kind, row, col))
-            if kind == 0:
-                req[:, :, r, c] |= bits(BadPixels.CI_GAIN_OF_OF_THRESHOLD,
-                                        BadPixels.GAIN_THRESHOLDING_ERROR)
-            elif kind == 1:
-                req[1][:, r, c] |= bits(BadPixels.CI_GAIN_OF_OF_THRESHOLD)
-                req[:, :, r, c] |= bits(BadPixels.GAIN_THRESHOLDING_ERROR)
-            else:
-                req[:, :, r, c] |= bits(BadPixels.CI_LINEAR_DEVIATION)
+        req, brk = broken_truth(sw)
+        required[sl] |= req
+        broken += [(k, r + blk.rows.start, c + blk.cols.start) for k, r, c in brk]
     base_a = np.broadcast_to(truth["offset"][0], analog.shape)
     base_d = np.broadcast_to(truth["gain_level"][0], analog.shape)
     keys = ("slope", "offset", "residual_rms", "gain_level", "gain_level_std")

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..badpixels import BadPixels, bits
+
 __all__ = ["DrspcSweep", "make_drspc_sweep"]
 
 
@@ -140,3 +142,23 @@ def make_drspc_sweep(
 
 def _to_uint16(values: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(values), 0, np.iinfo(np.uint16).max).astype(np.uint16)
+
+
+def broken_truth(sw: DrspcSweep) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
+    """The bad-pixel bits the broken pixels of a sweep must get, (2, cell, 64, 64) uint32
+    (high, medium gain), and the broken pixels as (kind, row, col) in the block (kind 0 dead,
+    1 no_switch, 2 noisy)."""
+    req = np.zeros((2,) + sw.slope_high.shape, np.uint32)
+    broken = []
+    for kind, coords in enumerate((sw.dead, sw.no_switch, sw.noisy)):
+        r, c = coords[:, 0], coords[:, 1]
+        broken += [(kind, int(a), int(b)) for a, b in zip(r, c, strict=True)]
+        if kind == 0:
+            req[:, :, r, c] |= bits(BadPixels.CI_GAIN_OF_OF_THRESHOLD,
+                                    BadPixels.GAIN_THRESHOLDING_ERROR)
+        elif kind == 1:
+            req[1][:, r, c] |= bits(BadPixels.CI_GAIN_OF_OF_THRESHOLD)
+            req[:, :, r, c] |= bits(BadPixels.GAIN_THRESHOLDING_ERROR)
+        else:
+            req[:, :, r, c] |= bits(BadPixels.CI_LINEAR_DEVIATION)
+    return req, broken

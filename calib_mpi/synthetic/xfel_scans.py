@@ -36,10 +36,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..badpixels import BadPixels, bits
 from ..geometry import XFEL_FRAME, asic_blocks, chip_coordinates
 from .conf import write_config_file
-from .drspc import DrspcSweep, make_drspc_sweep
+from .drspc import DrspcSweep, broken_truth, make_drspc_sweep
 from .xfel import DETECTOR, DarkRunSet, _Train, _write_sequence
 from .xray import make_xray_run
 
@@ -184,19 +183,9 @@ def write_drspc_runs(out_dir: Path | str, p: DrspcRunSet | None = None) -> Path:
                 truth["gain_level"][sl] = np.stack([sw.gain_level_high, sw.gain_level_medium])
                 switch[:, blk.rows, blk.cols] = sw.switch_train
                 rho[blk.rows, blk.cols] = chip_coordinates(XFEL_FRAME, module, blk)[0]
-                req = required[sl]
-                for kind, coords in enumerate((sw.dead, sw.no_switch, sw.noisy)):
-                    r, c = coords[:, 0], coords[:, 1]
-                    for ss, fs in zip(r + blk.rows.start, c + blk.cols.start, strict=True):
-                        broken.append((kind, ss, fs))
-                    if kind == 0:
-                        req[:, :, r, c] |= bits(BadPixels.CI_GAIN_OF_OF_THRESHOLD,
-                                                BadPixels.GAIN_THRESHOLDING_ERROR)
-                    elif kind == 1:
-                        req[1][:, r, c] |= bits(BadPixels.CI_GAIN_OF_OF_THRESHOLD)
-                        req[:, :, r, c] |= bits(BadPixels.GAIN_THRESHOLDING_ERROR)
-                    else:
-                        req[:, :, r, c] |= bits(BadPixels.CI_LINEAR_DEVIATION)
+                req, brk = broken_truth(sw)
+                required[sl] |= req
+                broken += [(k, r + blk.rows.start, c + blk.cols.start) for k, r, c in brk]
             # zero-charge baseline of the pixels a run does not inject, per run and step
             base_a = np.broadcast_to(truth["offset"][0], analog.shape)
             base_d = np.broadcast_to(truth["gain_level"][0], analog.shape)
