@@ -29,20 +29,21 @@ def test_group_by_cell():
     assert groups == [[2, 5], [6], [0, 3]]
 
 
-@pytest.mark.parametrize("n_frames", [12, 40, 120])
+@pytest.mark.parametrize("sizes", [(1, 2, 3, 7, 8, 15), (0, 16, 4, 5, 0, 1), (6, 9, 0, 2, 12, 31)])
 @pytest.mark.parametrize("block", [(0, 0), (64, 0), (448, 64)])
-def test_dark_kernel_is_exact_and_matches_numpy(block, n_frames):
+def test_dark_kernel_is_exact_and_matches_numpy(block, sizes):
     """The compiled kernel and the numpy fallback give the same exact integer sums, on a
-    block of a full frame (the no-copy path) with values up to 65535, for few and many frames
-    per cell (both paths of the kernel, ``BLOCK_GROUP``)."""
+    block of a full frame (the no-copy path) with values up to 65535, for cells with 1 to 31
+    frames in the slab (every combination of the kernel's sets of 8, 4, 2 and 1), frames of
+    a cell scattered over the slab, and frames of no cell (-1) left out."""
     rng = np.random.default_rng(5)
+    cells = np.concatenate([np.full(n, c) for c, n in enumerate(sizes)] + [[-1, -1]])
+    cells = cells[rng.permutation(len(cells))]
+    n_frames = len(cells)
     frames = rng.integers(0, 65536, (n_frames, 2, 512, 128), dtype=np.uint16)
     frames[0, :, block[0]:block[0] + 64, block[1]:block[1] + 64] = 65535
-    cells = rng.integers(-1, 6, n_frames)
     group = kernels.group_by_cell(cells, 6)
-    sizes = np.diff(group[1])
-    if n_frames != 40:  # 40: mixed
-        assert (sizes >= kernels.BLOCK_GROUP).any() == (n_frames > 40)
+    assert np.diff(group[1]).tolist() == [n for n in sizes if n]
     fast = [np.zeros((6, 64, 64), np.uint64) for _ in range(4)]
     slow = [np.zeros((6, 64, 64), np.uint64) for _ in range(4)]
     kernels.dark_sums(frames, *block, group, fast)
