@@ -8,6 +8,8 @@ ends the whole job with ``MPI.COMM_WORLD.Abort`` in the command-line entry point
 
 from __future__ import annotations
 
+import os
+
 import h5py
 from mpi4py import MPI
 
@@ -63,3 +65,10 @@ def open_h5(path: str, mode: str, driver: str, comm: MPI.Comm) -> h5py.File:
     if driver == "mpio":
         return h5py.File(path, mode, driver="mpio", comm=comm)
     return h5py.File(path, mode)
+
+
+def rank_threads(configured: int = 0) -> int:
+    """Threads a rank uses for work that can run in parallel: ``configured``, or (0) the
+    number of cores the rank may run on (``mpirun`` binds each of one or two ranks to a
+    single core by default; ``--bind-to none`` or SLURM ``--cpus-per-task`` give more)."""
+    return configured or len(os.sched_getaffinity(0))

@@ -26,11 +26,11 @@ from .errors import CalibError
 from .facilities import facility
 from .gather import gather_run
 from .join import ResultPart, write_module
-from .parallel import resolve_driver
+from .parallel import rank_threads, resolve_driver
 from .plan import Plan
 from .preprocess import format_record, make_plan, output_path, record_path, write_record
 from .readers.xfel import add_counts
-from .recipes import RECIPES
+from .recipes import recipe_class
 
 log = logging.getLogger("calib_mpi")
 
@@ -81,7 +81,7 @@ def consume_threads(cfg: Config, recipe) -> int:
     recipes whose ``consume`` is safe for different ASICs in parallel; else 1."""
     if not getattr(recipe, "parallel_consume", False):
         return 1
-    return cfg.threads or len(os.sched_getaffinity(0))
+    return rank_threads(cfg.threads)
 
 
 def gather_and_process(comm: MPI.Comm, cfg: Config, plan: Plan, driver: str, recipe=None,
@@ -93,7 +93,7 @@ def gather_and_process(comm: MPI.Comm, cfg: Config, plan: Plan, driver: str, rec
     t0 = time.monotonic()
     blocks = facility(cfg.facility).blocks()
     if recipe is None:
-        recipe = RECIPES[cfg.measurement](cfg, plan)
+        recipe = recipe_class(cfg.measurement)(cfg, plan)
     recipe.start(plan.units_of(comm.rank))
     rejected, bytes_read, t_runs = {}, 0, []
     for ri in range(len(plan.runs)):

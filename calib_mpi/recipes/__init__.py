@@ -19,9 +19,16 @@ entry to :data:`RECIPES` and one to ``calib_mpi.config.RUNS_NEEDED``; gather, jo
 command line stay as they are.
 """
 
-from .dark import DarkRecipe
-from .drscs import DrscsRecipe
-from .drspc import DrspcRecipe
-from .xray import XrayRecipe
+from __future__ import annotations
 
-RECIPES = {"dark": DarkRecipe, "drscs": DrscsRecipe, "drspc": DrspcRecipe, "xray": XrayRecipe}
+import importlib
+
+#: measurement -> (module, class); imported on use, so a dark job does not load scipy
+RECIPES = {"dark": ("dark", "DarkRecipe"), "drscs": ("drscs", "DrscsRecipe"),
+           "drspc": ("drspc", "DrspcRecipe"), "xray": ("xray", "XrayRecipe")}
+
+
+def recipe_class(measurement: str) -> type:
+    """The recipe class of ``measurement`` (a key of :data:`RECIPES`)."""
+    module, name = RECIPES[measurement]
+    return getattr(importlib.import_module(f".{module}", __name__), name)

@@ -7,11 +7,14 @@ the owners of a module for the module-wide bad-pixel reference.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 from mpi4py import MPI
 
 from ..config import Config
 from ..join import DatasetSpec
+from ..parallel import rank_threads
 from ..plan import Plan, Unit
 from ..process.dark import (
     DarkAccumulator,
@@ -20,6 +23,7 @@ from ..process.dark import (
     module_reference,
     unit_quantiles,
 )
+from ..process.kernels import warm_up
 
 DIMS = ("gain", "cell", "slow_scan", "fast_scan")
 
@@ -45,8 +49,18 @@ class DarkRecipe:
         self.limits = DarkLimits(cfg.offset_sigma, cfg.noise_sigma, tuple(cfg.offset_hard),
                                  tuple(cfg.noise_hard), cfg.gain_separation_sigma)
         self.acc: dict[Unit, DarkAccumulator] = {}
+        self.threads = rank_threads(cfg.threads)
+
+    def _map(self, fn, items: list) -> list:
+        """``[fn(x) for x in items]``, in ``threads`` threads (numpy releases the GIL)."""
+        if self.threads < 2 or len(items) < 2:
+            return [fn(x) for x in items]
+        with ThreadPoolExecutor(min(self.threads, len(items)), "calib-dark") as pool:
+            return list(pool.map(fn, items))
 
     def start(self, units: list[Unit]) -> None:
+        if units:
+            warm_up()
         self.acc = {u: DarkAccumulator(self.plan.n_cells) for u in units}
 
     def consume(self, unit: Unit, run_index: int, frames: np.ndarray, r0: int, c0: int,
@@ -54,14 +68,15 @@ class DarkRecipe:
         self.acc[unit].add_frames(run_index, frames, r0, c0, group)
 
     def end_run(self, run_index: int) -> None:
-        for a in self.acc.values():
-            a.finish_gain(run_index)
+        self._map(lambda a: a.finish_gain(run_index), list(self.acc.values()))
 
     def finalize(self, comm: MPI.Comm) -> dict[Unit, dict[str, np.ndarray]]:
         """Collective: module references, bad pixels; returns the results of this rank's units."""
-        res = {u: a.result() for u, a in self.acc.items()}
-        quant = {u: (unit_quantiles(r["offset"]), unit_quantiles(r["noise"]))
-                 for u, r in res.items()}
+        units = list(self.acc)
+        res = dict(zip(units, self._map(lambda u: self.acc[u].result(), units), strict=True))
+        quant = dict(zip(units, self._map(
+            lambda u: (unit_quantiles(res[u]["offset"]), unit_quantiles(res[u]["noise"])),
+            units), strict=True))
         # send each rank the percentiles of the ASICs of the modules it owns
         wanted = [{u.module for u in self.plan.units_of(d)} for d in range(comm.size)]
         got = comm.alltoall([{u: q for u, q in quant.items() if u.module in wanted[d]}
@@ -69,12 +84,13 @@ class DarkRecipe:
         pooled = {k: v for d in got for k, v in d.items()}
         refs = {}
         for m in {u.module for u in self.acc}:
-            units = sorted((u for u in pooled if u.module == m), key=lambda u: u.block)
-            refs[m] = (module_reference([pooled[u][0] for u in units]),
-                       module_reference([pooled[u][1] for u in units]))
-        for u, r in res.items():
-            r["bad_pixels"] = flag_bad_pixels(r, refs[u.module][0], refs[u.module][1],
-                                              self.limits)
+            members = sorted((u for u in pooled if u.module == m), key=lambda u: u.block)
+            refs[m] = (module_reference([pooled[u][0] for u in members]),
+                       module_reference([pooled[u][1] for u in members]))
+        bad = self._map(lambda u: flag_bad_pixels(res[u], refs[u.module][0],
+                                                  refs[u.module][1], self.limits), units)
+        for u, b in zip(units, bad, strict=True):
+            res[u]["bad_pixels"] = b
         self.refs = refs
         return res
 
