@@ -313,9 +313,9 @@ def build_parser(default_files: list[str] | None = None) -> configargparse.ArgPa
         "--threads",
         type=int,
         default=0,
-        help="threads per rank processing different ASICs at once (dark); 0: the cores this "
-        "rank may run on (mpirun binds each rank to one core unless told otherwise, e.g. "
-        "--bind-to none or --map-by ...:PE=n)",
+        help="threads per rank processing different ASICs at once (dark); 0: the rank's "
+        "share of the cores it may run on (mpirun binds each of one or two ranks to one core "
+        "unless told otherwise, e.g. --bind-to none; unbound ranks share the node's cores)",
     )
     g.add_argument(
         "--report",

@@ -67,8 +67,29 @@ def open_h5(path: str, mode: str, driver: str, comm: MPI.Comm) -> h5py.File:
     return h5py.File(path, mode)
 
 
+_CORES_PER_RANK: int | None = None
+
+
+def share_cores(comm: MPI.Comm) -> int:
+    """Collective: the cores this rank may use, its share of the CPU set it has in common
+    with other ranks of its node (ranks started unbound see the whole node: each then gets
+    cores / ranks of the node, at least 1). Remembered for :func:`rank_threads`."""
+    global _CORES_PER_RANK
+    mine = frozenset(os.sched_getaffinity(0))
+    node = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    try:
+        same = sum(a == mine for a in node.allgather(mine))
+    finally:
+        node.Free()
+    _CORES_PER_RANK = max(1, len(mine) // same)
+    return _CORES_PER_RANK
+
+
 def rank_threads(configured: int = 0) -> int:
-    """Threads a rank uses for work that can run in parallel: ``configured``, or (0) the
-    number of cores the rank may run on (``mpirun`` binds each of one or two ranks to a
-    single core by default; ``--bind-to none`` or SLURM ``--cpus-per-task`` give more)."""
-    return configured or len(os.sched_getaffinity(0))
+    """Threads a rank uses for work that can run in parallel: ``configured``, or (0) its
+    share of cores (:func:`share_cores`; before that is known, the cores it may run on).
+    ``mpirun`` binds each of one or two ranks to a single core by default; ``--bind-to
+    none`` or SLURM ``--cpus-per-task`` give a rank more."""
+    if configured:
+        return configured
+    return _CORES_PER_RANK or len(os.sched_getaffinity(0))

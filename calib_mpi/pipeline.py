@@ -26,7 +26,7 @@ from .errors import CalibError
 from .facilities import facility
 from .gather import gather_run
 from .join import ResultPart, write_module
-from .parallel import rank_threads, resolve_driver
+from .parallel import rank_threads, resolve_driver, share_cores
 from .plan import Plan
 from .preprocess import format_record, make_plan, output_path, record_path, write_record
 from .readers.xfel import add_counts
@@ -164,8 +164,9 @@ def report_plan(cfg: Config, comm: MPI.Comm, plan: Plan | None, record: dict) ->
             log.warning("nothing to do: every module has a complete result")
         return True
     if comm.rank == 0:
-        log.info("plan: %d run(s), %d module(s), %d cells, %d rank(s)",
-                 len(plan.runs), len(plan.modules), plan.n_cells, comm.size)
+        log.info("plan: %d run(s), %d module(s), %d cells, %d rank(s), %d thread(s) on "
+                 "rank 0", len(plan.runs), len(plan.modules), plan.n_cells, comm.size,
+                 rank_threads(cfg.threads))
         if "preprocess" in cfg.steps and not cfg.dry_run:
             write_record(record, record_path(cfg))
             log.info("preprocess record: %s", record_path(cfg))
@@ -181,6 +182,7 @@ def run(cfg: Config, comm: MPI.Comm) -> dict:
     """Run the configured steps; collective. Returns a summary (rank 0; {} elsewhere)."""
     started = dt.datetime.now(dt.UTC).isoformat()
     driver = resolve_driver(cfg.io_driver, comm)
+    share_cores(comm)
     t0 = time.monotonic()
     _check_steps(cfg)
     if comm.rank == 0:

@@ -75,6 +75,10 @@ def build_parser() -> configargparse.ArgParser:
     g.add_argument("--nodes", type=int, default=1, help="number of nodes (%(default)s)")
     g.add_argument("--tasks-per-node", "--tasks_per_node", type=int, default=16,
                    help="MPI ranks per node (%(default)s)")
+    g.add_argument("--cpus-per-task", "--cpus_per_task", type=int, default=1,
+                   help="cores per rank (%(default)s); with more than 1 a rank reads in one "
+                   "thread while it processes in others (the ranks then run unbound under "
+                   "mpirun, each using its share of the node's cores)")
     g.add_argument("--time", default="01:00:00",
                    help="wall-clock limit, HH:MM:SS or D-HH:MM:SS (%(default)s)")
     g.add_argument("--partition", help="SLURM partition (default: the cluster's default)")
@@ -143,8 +147,8 @@ def render(template: str, values: Mapping[str, str | None]) -> str:
 def job_values(args: configargparse.Namespace, config: Path, calib_args: list[str],
                log_dir: Path) -> dict[str, str | None]:
     """Placeholder values of the template for parsed ``calib-mpi-submit`` options."""
-    if args.nodes < 1 or args.tasks_per_node < 1:
-        raise SubmitError("--nodes and --tasks-per-node must be at least 1")
+    if args.nodes < 1 or args.tasks_per_node < 1 or args.cpus_per_task < 1:
+        raise SubmitError("--nodes, --tasks-per-node and --cpus-per-task must be at least 1")
     if not _SLURM_TIME.fullmatch(args.time):
         raise SubmitError(f"--time {args.time!r}: expected HH:MM:SS, MM, or D-HH:MM:SS")
     exports = []
@@ -158,16 +162,21 @@ def job_values(args: configargparse.Namespace, config: Path, calib_args: list[st
     modules = _words(args.module_load)
     sbatch = _words(args.sbatch)
     venv = _venv(args.venv)
+    cpus = args.cpus_per_task
     if args.launcher == "mpirun":
-        launch = 'mpirun -n "${SLURM_NTASKS}"'
+        # Open MPI would bind each of one or two ranks to a single core
+        launch = 'mpirun -n "${SLURM_NTASKS}"' + (" --bind-to none" if cpus > 1 else "")
     else:
-        launch = " ".join(["srun", *shlex.split(args.srun_args)])
+        # srun does not pass sbatch's --cpus-per-task on to the tasks by itself
+        launch = " ".join(["srun", *([f"--cpus-per-task={cpus}"] if cpus > 1 else []),
+                           *shlex.split(args.srun_args)])
     now = dt.datetime.now().astimezone().isoformat(timespec="seconds")
     return {
         "HEADER": f"# calib-mpi job script, rendered by {PROG} {__version__} on {now}",
         "JOB_NAME": args.job_name,
         "NODES": str(args.nodes),
         "TASKS_PER_NODE": str(args.tasks_per_node),
+        "CPUS_PER_TASK": str(cpus) if cpus > 1 else None,
         "TIME": args.time,
         "PARTITION": args.partition or None,
         "ACCOUNT": args.account or None,

@@ -113,6 +113,20 @@ def test_dry_run_all_options(capsys, conf, tmp_path):
     assert "mpirun" not in script
 
 
+@pytest.mark.parametrize("launcher,launch", [
+    ("mpirun", 'mpirun -n "${SLURM_NTASKS}" --bind-to none calib-mpi'),
+    ("srun", "srun --cpus-per-task=4 --mpi=pmix calib-mpi")])
+def test_cpus_per_task(capsys, conf, launcher, launch):
+    """More cores per rank: an sbatch line, and ranks that may use them (mpirun binds each
+    of one or two ranks to one core; srun does not pass sbatch's value on)."""
+    script = dry_run(capsys, conf, "--cpus-per-task", "4", "--launcher", launcher,
+                     "--srun-args=--mpi=pmix")
+    assert sbatch_lines(script)["cpus-per-task"] == "4"
+    assert f"{launch} {conf.resolve()} || status=$?\n" in script
+    one = dry_run(capsys, conf, "--launcher", launcher)
+    assert "cpus-per-task" not in one and "--bind-to" not in one
+
+
 def test_env_values_with_blanks_are_quoted(capsys, conf):
     script = dry_run(capsys, conf, "--env", "NOTE='two words'")
     assert "export NOTE='two words'\n" in script
@@ -411,23 +425,29 @@ def _job_state(job_id: str, env: dict) -> tuple[str, str]:
 
 @pytest.mark.slurm
 @pytest.mark.mpi
-@pytest.mark.parametrize("launcher", [["mpirun"], ["srun", "--srun-args=--mpi=pmix"]],
-                         ids=["mpirun", "srun"])
-def test_real_slurm_dark_job(slurm_cluster, dark_set, tmp_path, launcher):
+@pytest.mark.parametrize("launcher,cpus", [(["mpirun"], 1),
+                                          (["srun", "--srun-args=--mpi=pmix"], 1),
+                                          (["mpirun"], 2)],
+                         ids=["mpirun", "srun", "mpirun-2-cpus-per-task"])
+def test_real_slurm_dark_job(slurm_cluster, dark_set, tmp_path, launcher, cpus):
     """calib-mpi-submit on a real one-node cluster: the job runs calib-mpi under mpirun or srun
-    and writes the constants; the log holds the calib-mpi summary."""
+    and writes the constants; the log holds the calib-mpi summary. With 2 cores per task the
+    rank runs unbound and uses 2 threads."""
     env = dict(slurm_cluster["env"])
     for key in list(env):
         if key.startswith("CALIB_MPI_"):
             del env[key]
     out = tmp_path / "out"
     conf = dark_set.config(tmp_path / "run.conf", out)
-    ranks = min(2, slurm_cluster["cpus"])
+    if cpus > slurm_cluster["cpus"]:
+        pytest.skip(f"{cpus} cores per task need a node with as many")
+    ranks = min(2, slurm_cluster["cpus"] // cpus)
     cluster_conf = tmp_path / "cluster.conf"
     cluster_conf.write_text("# this test's cluster\npartition = debug\n")
     cmd = [sys.executable, "-m", "calib_mpi.submit", str(conf), "--cluster-conf",
            str(cluster_conf), "--nodes", "1", "--tasks-per-node", str(ranks), "--time",
-           "00:05:00", "--job-name", "calib-mpi-test", "--launcher", *launcher]
+           "00:05:00", "--job-name", "calib-mpi-test", "--cpus-per-task", str(cpus),
+           "--launcher", *launcher]
     for k, v in MPI_ENV.items():
         cmd += ["--env", f"{k}={v}"]
     t0 = time.monotonic()
@@ -457,7 +477,7 @@ def test_real_slurm_dark_job(slurm_cluster, dark_set, tmp_path, launcher):
 
     assert f"calib-mpi job {job_id}: {ranks} rank(s) on 1 node(s)" in text
     assert "dark calibration of module(s) 0, 1" in text
-    assert f"{ranks} rank(s)" in text
+    assert f"{ranks} rank(s), {cpus} thread(s) on rank 0" in text
     assert f"calib-mpi job {job_id} finished" in text and "with exit code 0" in text
     for m in (0, 1):
         path = out / "dark" / f"dark_AGIPD{m:02d}_xfel.h5"
@@ -465,3 +485,6 @@ def test_real_slurm_dark_job(slurm_cluster, dark_set, tmp_path, launcher):
         with h5py.File(path, "r") as f:
             assert f.attrs["n_ranks"] == ranks
             assert f["offset"].shape == (3, dark_set.params.n_cells, 512, 128)
+    bind = " --bind-to none" if cpus > 1 else ""
+    if launcher[0] == "mpirun":
+        assert f'mpirun -n "${{SLURM_NTASKS}}"{bind} calib-mpi' in script.read_text()
