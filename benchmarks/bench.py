@@ -8,7 +8,8 @@ trains, then measures, in the same session:
    process, page cache warm as for the pipeline runs);
 2. the dark pipeline (``mpirun -n R calib-mpi``) for each R: end-to-end and gather+process
    throughput (raw bytes per second) and their ratio to the read bandwidth, and the strong
-   scaling t(1)/t(R);
+   scaling t(1)/t(R); once more with one rank bound to one core (the per-core rate, and
+   the speedup of R ranks over one core);
 3. the peak resident memory per rank for N and 4N trains (must stay flat: bounded by
    ``chunk_frames``, not by the run length);
 4. the drspc, drscs and xray processors, in pixel-cells per second on one core;
@@ -230,6 +231,15 @@ def main(argv: list[str] | None = None) -> int:
         runs[r] = run_pipeline(big, r, work / f"big{r}.json", [], a.mpirun_args)
         print(f"[bench] {r} rank(s): {runs[r]['seconds_total']:.2f} s, gather+process "
               f"{runs[r]['gather_GBps']:.2f} GB/s", flush=True)
+    # the same job on one core (Open MPI's binding of a single rank): the per-core rate the
+    # cluster estimate starts from, and the base of the speedup per core
+    one = run_pipeline(big, 1, work / "core1.json", [], "--bind-to core")
+    res["one_core"] = {"seconds_gather_process": one["seconds_gather_process"],
+                       "gather_GBps": one["gather_GBps"],
+                       "end_to_end_GBps": one["end_to_end_GBps"],
+                       "gather_over_read": one["gather_GBps"] / res["read_GBps"]}
+    print(f"[bench] 1 rank on one core: gather+process {one['gather_GBps']:.2f} GB/s",
+          flush=True)
     res["pipeline"] = {}
     t1 = runs[a.ranks[0]]["seconds_gather_process"] * a.ranks[0]
     for r, rep in runs.items():
@@ -241,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
             "end_to_end_over_read": rep["end_to_end_GBps"] / res["read_GBps"],
             "gather_over_read": rep["gather_GBps"] / res["read_GBps"],
             "speedup_gather": t1 / rep["seconds_gather_process"],
+            "speedup_vs_one_core": one["seconds_gather_process"] / rep["seconds_gather_process"],
             "peak_rss_MB_per_rank": [x / 2**20 for x in rep["peak_rss_bytes_per_rank"]],
         }
     # memory: a chunk small enough that even the N-train set has several read rounds per
@@ -266,6 +277,11 @@ def main(argv: list[str] | None = None) -> int:
               f"{p['end_to_end_over_read']:9.2f} {p['gather_GBps']:12.2f} "
               f"{p['gather_over_read']:12.2f} {p['speedup_gather']:8.2f} "
               f"{max(p['peak_rss_MB_per_rank']):17.0f}")
+    oc = res["one_core"]
+    print(f"1 rank bound to one core: gather+process {oc['gather_GBps']:.2f} GB/s "
+          f"({oc['gather_over_read']:.2f} of the read); speedup over it: "
+          + ", ".join(f"{r} rank(s) {p['speedup_vs_one_core']:.2f}"
+                      for r, p in res["pipeline"].items()))
     print(f"read bandwidth {res['read_GBps']:.2f} GB/s (same files, same session); "
           f"mpirun {a.mpirun_args}")
     for r, m in mem.items():

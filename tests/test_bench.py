@@ -30,6 +30,9 @@ def test_bench_quick(tmp_path):
             assert run[key] > 0, key
         assert len(run["peak_rss_MB_per_rank"]) == int(r)
     assert res["pipeline"]["1"]["speedup_gather"] == pytest.approx(1.0)
+    assert res["one_core"]["gather_GBps"] > 0 and res["one_core"]["gather_over_read"] > 0
+    assert res["pipeline"]["2"]["speedup_vs_one_core"] > 0
+    assert "1 rank bound to one core" in p.stdout
     for r in ("1", "2"):
         m = res["memory"][r]
         assert m["peak_rss_MB_N"] > 0 and m["ratio_4N_over_N"] > 0
