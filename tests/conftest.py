@@ -34,11 +34,12 @@ class MPIResult:
         return self.stdout + self.stderr
 
 
-def run_mpi(n: int, args: list[str], timeout: float = 120, env: dict | None = None
-            ) -> MPIResult:
-    """Run ``mpirun -n n calib-mpi args`` in a subprocess; a hang fails the test."""
+def run_mpi(n: int, args: list[str], timeout: float = 120, env: dict | None = None,
+            mpirun_args: tuple[str, ...] = ()) -> MPIResult:
+    """Run ``mpirun -n n [mpirun_args] calib-mpi args`` in a subprocess; a hang fails the
+    test."""
     full_env = clean_environ({**MPI_ENV, **(env or {})})
-    cmd = ["mpirun", "-n", str(n), str(VENV_BIN / "calib-mpi"), *map(str, args)]
+    cmd = ["mpirun", "-n", str(n), *mpirun_args, str(VENV_BIN / "calib-mpi"), *map(str, args)]
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env,
                            start_new_session=True)

@@ -4,6 +4,7 @@ identical output for 1-4 ranks, lost trains, metadata."""
 from __future__ import annotations
 
 import json
+import os
 
 import h5py
 import numpy as np
@@ -181,6 +182,21 @@ def test_serial_hdf5_driver_gives_identical_results(runs_by_ranks, dark_set, tmp
         a, b = _load(runs_by_ranks[1], m), _load(out, m)
         for k in DATASETS:
             assert np.array_equal(a[k], b[k], equal_nan=True), (m, k)
+
+
+@pytest.mark.parametrize("n,bind", [(1, "none"), (2, "none"), (1, "core"), (2, "core")])
+def test_ranks_take_their_share_of_the_cores(dark_set, tmp_path, n, bind):
+    """With threads = 0 a rank uses its share of the cores it may run on: unbound ranks
+    (mpirun --bind-to none) divide the node's cores (at least 1 each), a rank bound to one
+    core uses 1 thread."""
+    cores = len(os.sched_getaffinity(0))
+    if bind == "core" and n > cores:
+        pytest.skip(f"{n} ranks bound to cores need {n} cores")
+    conf = dark_set.config(tmp_path / "run.conf", tmp_path / "out")
+    r = run_mpi(n, [conf, "--dry-run"], mpirun_args=("--bind-to", bind))
+    assert r.returncode == 0, r.output
+    want = max(1, cores // n) if bind == "none" else 1
+    assert f"{n} rank(s), {want} thread(s) on rank 0" in r.output
 
 
 @pytest.mark.parametrize("n,threads", [(1, 3), (2, 2)])
