@@ -122,6 +122,7 @@ class Config:
     run_names: tuple[str, ...] | None = None
     chunk_frames: int = 1024
     prefetch: bool = True
+    node_sharing: bool = True
     threads: int = 0
     report: Path | None = None
     plot: bool = False
@@ -327,6 +328,14 @@ def build_parser(default_files: list[str] | None = None) -> configargparse.ArgPa
         dest="prefetch",
         action="store_false",
         help="do not read the next slab in a background thread while computing",
+    )
+    g.add_argument(
+        "--no_node_sharing",
+        "--no-node-sharing",
+        dest="node_sharing",
+        action="store_false",
+        help="send ASIC blocks to ranks of the same node by Alltoallv instead of letting them "
+        "read the blocks from the reader's buffer (MPI shared memory)",
     )
     g.add_argument(
         "--io_driver",
@@ -670,6 +679,7 @@ def parse_config(argv: list[str]) -> Config:
         missing_modules=ns.missing_modules,
         chunk_frames=ns.chunk_frames,
         prefetch=ns.prefetch,
+        node_sharing=ns.node_sharing,
         threads=ns.threads,
         report=Path(ns.report) if ns.report else None,
         plot=ns.plot,

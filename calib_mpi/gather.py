@@ -145,21 +145,24 @@ class _Reader:
     """Reads this rank's slab of each round, optionally one round ahead in a thread.
 
     Two buffer sets alternate, so the frames returned for round k stay valid while round k+1
-    is being read. Read errors are returned, not raised, to be shared with all ranks.
+    is being read. Read errors are returned, not raised, to be shared with all ranks. The
+    buffers come from ``alloc(name, n_elements)`` (flat uint16), by default the rank's pool;
+    :class:`_NodeBuffers` puts them where the other ranks of the node can read them.
     """
 
-    def __init__(self, plan: Plan, run_index: int, files: _Files, rank: int, prefetch: bool):
+    def __init__(self, plan: Plan, run_index: int, files: _Files, rank: int, prefetch: bool,
+                 n_sets: int | None = None):
         self.plan, self.ri, self.files, self.rank = plan, run_index, files, rank
         rounds = plan.rounds[run_index]
         self.rounds = rounds
         max_n = max((s.n_frames for rnd in rounds for s in rnd if s is not None), default=0)
         fac = facility(plan.facility)
-        shape = fac.pair_shape
+        self.shape = fac.pair_shape
         # CFEL frames are single analog or digital images, always paired by the reader
         inter = fac.name == "cfel" or any(
             fi.interleaved for m in plan.modules for fi in plan.files[(run_index, m)])
-        n_sets = 2 if prefetch else 1
-        fe = int(np.prod(shape))
+        self.n_sets = n_sets or (2 if prefetch else 1)
+        fe = int(np.prod(self.shape))
         re_ = fac.read_frame_elements
         self.frame_bytes = fac.read_frame_bytes
         n = max(max_n, 1)
@@ -167,13 +170,25 @@ class _Reader:
         # (CFEL: plus a few pairs whose other half is in another part; the reader allocates
         # a larger buffer itself in the rare case that is not enough)
         n_pairs = (n + 1) // 2 + (8 if fac.name == "cfel" else 0)
-        self.bufs = [(_buffer(f"read{i}", -(-n * re_ // fe) * fe).reshape((-1,) + shape),
-                      _buffer(f"pair{i}", n_pairs * fe).reshape((-1,) + shape)
-                      if inter else None)
-                     for i in range(n_sets)]
+        self.sizes = (-(-n * re_ // fe) * fe, n_pairs * fe if inter else 0)
+        self.bufs: list = []
         self.pool = ThreadPoolExecutor(max_workers=1) if prefetch else None
         self.pending = None
         self.bytes = 0
+
+    @property
+    def n_elements(self) -> int:
+        """uint16 elements of all buffer sets."""
+        return self.n_sets * sum(self.sizes)
+
+    def allocate(self, alloc: Callable[[str, int], np.ndarray] | None = None) -> None:
+        """Take the buffer sets from ``alloc(name, n_elements)`` (default: the pool)."""
+        alloc = alloc or _buffer
+        read_n, pair_n = self.sizes
+        self.bufs = [(alloc(f"read{i}", read_n).reshape((-1,) + self.shape),
+                      alloc(f"pair{i}", pair_n).reshape((-1,) + self.shape) if pair_n
+                      else None)
+                     for i in range(self.n_sets)]
 
     def _read(self, k: int):
         slab = self.rounds[k][self.rank]
@@ -195,12 +210,17 @@ class _Reader:
 
     def get(self, k: int):
         """``(frames, cells, trains, left_out)`` of round k, an exception, or None."""
-        if self.pool is None:
+        if self.pending is None:
             return self._read(k)
-        result = self.pending.result() if self.pending is not None else self._read(k)
-        self.pending = (self.pool.submit(self._read, k + 1) if k + 1 < len(self.rounds)
-                        else None)
+        result = self.pending.result()
+        self.pending = None
         return result
+
+    def ahead(self, k: int) -> None:
+        """Start reading round k in the background (with prefetch). Its buffer set is the
+        one of round k - 2 (two sets), so every rank must be done with round k - 2."""
+        if self.pool is not None and k < len(self.rounds):
+            self.pending = self.pool.submit(self._read, k)
 
     def close(self) -> None:
         if self.pool is not None:
@@ -209,9 +229,97 @@ class _Reader:
             self.pool.shutdown()
 
 
+class _NodeBuffers:
+    """The read buffers of the ranks of one node in an MPI shared-memory window.
+
+    A rank then consumes the ASIC blocks that a rank of its own node read straight from that
+    rank's buffer, as it does with its own frames: no pack, no ``Alltoallv``, no copy. Ranks
+    on other nodes still get their blocks by ``Alltoallv``. Collective over ``comm``.
+    """
+
+    def __init__(self, comm: MPI.Comm, n_elements: int):
+        self.node = comm.Split_type(MPI.COMM_TYPE_SHARED)
+        members = self.node.allgather(comm.rank)
+        # each rank's part page-aligned, placed near the rank that reads into it
+        info = MPI.Info.Create()
+        info.Set("alloc_shared_noncontig", "true")
+        self.win = MPI.Win.Allocate_shared(max(n_elements, 1) * 2, 2, info=info,
+                                           comm=self.node)
+        info.Free()
+        self.views = {}
+        for i, r in enumerate(members):
+            mem, _ = self.win.Shared_query(i)
+            self.views[r] = np.frombuffer(mem, np.uint16)
+        self.mine = self.views[comm.rank]
+        self.capacity = n_elements
+        self.used = 0
+
+    def alloc(self, name: str, n_elements: int) -> np.ndarray:
+        """The next ``n_elements`` of this rank's part of the window."""
+        out = self.mine[self.used:self.used + n_elements]
+        if len(out) != n_elements:
+            raise RuntimeError(f"shared read buffer too small for {name}")
+        self.used += n_elements
+        return out
+
+    def on_node(self, rank: int) -> bool:
+        return rank in self.views
+
+    def offset(self, frames: np.ndarray) -> int | None:
+        """Element offset of ``frames`` in this rank's part of the window, or None when they
+        are elsewhere (a compacted copy) or not contiguous."""
+        if not frames.flags.c_contiguous or frames.dtype != np.uint16:
+            return None
+        start = frames.ctypes.data - self.mine.ctypes.data
+        if start < 0 or start % 2 or start + frames.nbytes > self.mine.nbytes:
+            return None
+        return start // 2
+
+    def frames(self, rank: int, offset: int, n: int, shape: tuple) -> np.ndarray:
+        """n frames of ``shape`` read by ``rank`` (same node) at ``offset``."""
+        return self.views[rank][offset:offset + n * int(np.prod(shape))].reshape(
+            (n,) + tuple(shape))
+
+    def sync(self) -> None:
+        """Collective over the node: every rank is done with the frames of every round."""
+        self.node.Barrier()
+
+    def free(self) -> None:
+        """Collective over the node."""
+        self.sync()
+        self.views, self.mine = {}, None
+        self.win.Free()
+        self.node.Free()
+
+
+#: communicator -> its node buffers, kept from run to run (fresh shared pages cost page faults
+#: in the reader and in every rank that reads them, as much as the work itself)
+_SHARED: dict[int, _NodeBuffers] = {}
+
+
+def _node_buffers(comm: MPI.Comm, n_elements: int) -> _NodeBuffers:
+    """Collective over ``comm``: its node buffers, with at least ``n_elements`` per rank."""
+    key = comm.py2f()
+    nb = _SHARED.get(key)
+    if comm.allreduce(nb is None or nb.capacity < n_elements, op=MPI.LOR):
+        if nb is not None:
+            nb.free()
+        nb = _SHARED[key] = _NodeBuffers(comm, n_elements)
+    nb.used = 0
+    return nb
+
+
+def release_node_buffers(comm: MPI.Comm) -> None:
+    """Collective over ``comm``: free its node buffers (after its last run)."""
+    nb = _SHARED.pop(comm.py2f(), None)
+    if nb is not None:
+        nb.free()
+
+
 def gather_run(comm: MPI.Comm, plan: Plan, run_index: int, blocks: list[AsicBlock],
                consume: Consumer, driver: str, prefetch: bool = True,
-               show_progress: bool = False, threads: int = 1) -> GatherStats:
+               show_progress: bool = False, threads: int = 1, node_sharing: bool = True
+               ) -> GatherStats:
     """Stream one run to the ASIC owners.
 
     ``consume(unit, run_index, frames, r0, c0, cells, trains, group)`` receives, for each
@@ -220,14 +328,20 @@ def gather_run(comm: MPI.Comm, plan: Plan, run_index: int, blocks: list[AsicBloc
     without a copy, for frames this rank read itself), their cells and train positions, and
     ``group_by_cell`` of the cells. Returns this rank's :class:`GatherStats`.
     With ``threads > 1`` the ASICs of a round are consumed by that many threads at once
-    (``consume`` must then be safe for different units in parallel).
+    (``consume`` must then be safe for different units in parallel). With ``node_sharing``
+    the read buffers are in an MPI shared-memory window and ranks of one node consume each
+    other's frames in place (:class:`_NodeBuffers`); only blocks for other nodes are sent.
     """
     rank, size = comm.rank, comm.size
     rounds = plan.rounds[run_index]
     block_elems = 2 * 64 * 64
     rejected: dict = {}
     files = _Files(plan, run_index, driver, comm)
-    reader = _Reader(plan, run_index, files, rank, prefetch)
+    shared = node_sharing and size > 1
+    # shared buffers: always two sets, a round's frames stay put while others consume them
+    reader = _Reader(plan, run_index, files, rank, prefetch, n_sets=2 if shared else None)
+    node = _node_buffers(comm, reader.n_elements) if shared else None
+    reader.allocate(node.alloc if node else None)
     t0 = time.monotonic()
     frame_bytes = facility(plan.facility).read_frame_bytes
     total = sum(sl.n_frames for rnd in rounds for sl in rnd if sl is not None) * frame_bytes
@@ -235,6 +349,8 @@ def gather_run(comm: MPI.Comm, plan: Plan, run_index: int, blocks: list[AsicBloc
     progress = Progress(f"run {plan.runs[run_index]}", total, n_trains, show_progress)
     done = 0
     prof = dict.fromkeys(("read wait", "alltoall", "pack", "Alltoallv", "process"), 0.0)
+    #: ASIC blocks of frames from other ranks: read in their buffers, or received
+    moved = {"in place": 0, "received": 0}
     pool = ThreadPoolExecutor(threads, "calib-consume") if threads > 1 else None
 
     def consume_all(tasks: list[tuple]) -> None:
@@ -278,23 +394,31 @@ def gather_run(comm: MPI.Comm, plan: Plan, run_index: int, blocks: list[AsicBloc
                 msg += f" [rank {MPI.COMM_WORLD.rank}]"
             dest_units = [plan.units_in_module(d, slab.module) if slab is not None else []
                           for d in range(size)]
-            meta = [(msg, (cells, trains) if (err is None and dest_units[d] and d != rank)
-                     else None) for d in range(size)]
+            # where a rank of this node finds the frames in this rank's buffer (None: sent)
+            here = node.offset(frames) if node is not None and frames is not None else None
+            in_place = [here is not None and node.on_node(d) for d in range(size)]
+            meta = [(msg, (cells, trains, here if in_place[d] else None)
+                     if (err is None and dest_units[d] and d != rank) else None)
+                    for d in range(size)]
             tw = time.monotonic()
             received = comm.alltoall(meta) if size > 1 else meta
             prof["alltoall"] += time.monotonic() - tw
             failed = [(r, m) for r, (m, _) in enumerate(received) if m is not None]
             if failed:
                 raise CalibError(failed[0][1])
+            # every rank has entered this round, so is done with the previous one, whose
+            # buffer set the next read reuses
+            reader.ahead(k + 1)
 
             # one Alltoallv per round: each other owner gets (frame, 2, 64, 64) per ASIC
             n_send = 0 if frames is None else len(frames)
-            scounts = np.array([n_send * len(dest_units[d]) * block_elems if d != rank else 0
+            scounts = np.array([n_send * len(dest_units[d]) * block_elems
+                                if d != rank and not in_place[d] else 0
                                 for d in range(size)], np.int64)
             sdispl = np.concatenate([[0], np.cumsum(scounts)[:-1]])
             rcounts = np.zeros(size, np.int64)
             for s in range(size):
-                if s != rank and received[s][1] is not None:
+                if s != rank and received[s][1] is not None and received[s][1][2] is None:
                     rcounts[s] = (len(received[s][1][0])
                                   * len(plan.units_in_module(rank, rnd[s].module)) * block_elems)
             rdispl = np.concatenate([[0], np.cumsum(rcounts)[:-1]])
@@ -326,13 +450,23 @@ def gather_run(comm: MPI.Comm, plan: Plan, run_index: int, blocks: list[AsicBloc
                         tasks.append((u, frames, b.rows.start, b.cols.start, cells, trains,
                                       group))
                     continue
-                if not rcounts[s]:
+                if received[s][1] is None:
                     continue
-                c_s, t_s = received[s][1]
+                c_s, t_s, at = received[s][1]
                 n_s = len(c_s)
                 group = group_by_cell(c_s, plan.n_cells)
+                if at is not None:  # in place, in the buffer of rank s on this node
+                    view = node.frames(s, at, n_s, reader.shape)
+                    for u in plan.units_in_module(rank, rnd[s].module):
+                        b = blocks[u.block]
+                        tasks.append((u, view, b.rows.start, b.cols.start, c_s, t_s, group))
+                        moved["in place"] += n_s
+                    continue
+                if not rcounts[s]:
+                    continue
                 off = int(rdispl[s])
                 for u in plan.units_in_module(rank, rnd[s].module):
+                    moved["received"] += n_s
                     view = recvbuf[off:off + n_s * block_elems].reshape(n_s, 2, 64, 64)
                     tasks.append((u, view, 0, 0, c_s, t_s, group))
                     off += n_s * block_elems
@@ -340,13 +474,19 @@ def gather_run(comm: MPI.Comm, plan: Plan, run_index: int, blocks: list[AsicBloc
             prof["process"] += time.monotonic() - tw
             done += sum(sl.n_frames for sl in rnd if sl is not None) * frame_bytes
             progress.update(done)
+        if node is not None:
+            # the next run reads into these buffers (not on errors: they end the job, and
+            # sync waits for every rank)
+            node.sync()
         progress.close()
     finally:
         reader.close()
         files.close()
         if pool is not None:
             pool.shutdown()
-    log.debug("gather run %s rank %d, %d consume thread(s): %s", plan.runs[run_index], rank,
+    log.debug("gather run %s rank %d, %d consume thread(s): %s; ASIC blocks from other "
+              "ranks: %d in place, %d received", plan.runs[run_index], rank,
               threads if pool is not None else 1,
-              ", ".join(f"{k} {v:.2f} s" for k, v in prof.items()))
+              ", ".join(f"{k} {v:.2f} s" for k, v in prof.items()), moved["in place"],
+              moved["received"])
     return GatherStats(rejected, reader.bytes, time.monotonic() - t0)

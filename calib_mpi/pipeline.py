@@ -24,7 +24,7 @@ from . import __version__
 from .config import Config
 from .errors import CalibError
 from .facilities import facility
-from .gather import gather_run
+from .gather import gather_run, release_node_buffers
 from .join import ResultPart, write_module
 from .parallel import rank_threads, resolve_driver, share_cores
 from .plan import Plan
@@ -98,7 +98,7 @@ def gather_and_process(comm: MPI.Comm, cfg: Config, plan: Plan, driver: str, rec
     rejected, bytes_read, t_runs = {}, 0, []
     for ri in range(len(plan.runs)):
         st = gather_run(comm, plan, ri, blocks, recipe.consume, driver, cfg.prefetch,
-                        threads=consume_threads(cfg, recipe),
+                        threads=consume_threads(cfg, recipe), node_sharing=cfg.node_sharing,
                         show_progress=comm.rank == 0 and not cfg.quiet)
         te = time.monotonic()
         recipe.end_run(ri)
@@ -108,6 +108,7 @@ def gather_and_process(comm: MPI.Comm, cfg: Config, plan: Plan, driver: str, rec
             rejected[(ri, m, reason)] = v
         bytes_read += st.bytes_read
         t_runs.append(st.seconds)
+    release_node_buffers(comm)
     for d in comm.allgather(rejected):  # frames left out while reading go into the metadata
         for (ri, m, reason), v in d.items():
             if count_dropped:

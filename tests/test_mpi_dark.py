@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import h5py
 import numpy as np
@@ -169,6 +170,36 @@ def test_progress_report_pictures_and_export_after_run(dark_set, tmp_path):
         name = next(iter(e))
         data = e[f"{name}/Offset/0/data"][()]
         assert np.array_equal(data, f["offset"][()].transpose(3, 2, 1, 0))
+
+
+@pytest.mark.parametrize("n,sharing,prefetch", [(3, True, True), (4, True, False),
+                                                (3, False, True)])
+def test_node_sharing_gives_identical_results(runs_by_ranks, dark_set, tmp_path, n, sharing,
+                                              prefetch):
+    """Ranks of one node consume the ASIC blocks other ranks read in place, from their read
+    buffers in an MPI shared-memory window (also without the prefetch thread); with
+    --no-node-sharing every block is sent by Alltoallv. The constants are the same as from
+    one rank either way."""
+    out = tmp_path / "out"
+    conf = dark_set.config(tmp_path / "run.conf", out)
+    args = [conf, "-v", "--chunk_frames", "40"]
+    args += [] if sharing else ["--no-node-sharing"]
+    args += [] if prefetch else ["--no_prefetch"]
+    r = run_mpi(n, args)
+    assert r.returncode == 0, r.output
+    moved = re.findall(r"ASIC blocks from other ranks: (\d+) in place, (\d+) received",
+                       r.output)
+    assert moved, r.output
+    in_place = sum(int(a) for a, _ in moved)
+    received = sum(int(b) for _, b in moved)
+    if sharing:
+        assert in_place > 0
+    else:
+        assert in_place == 0 and received > 0
+    for m in (0, 1):
+        a, b = _load(runs_by_ranks[1], m), _load(out, m)
+        for k in DATASETS:
+            assert np.array_equal(a[k], b[k], equal_nan=True), (m, k)
 
 
 def test_serial_hdf5_driver_gives_identical_results(runs_by_ranks, dark_set, tmp_path):
