@@ -7,7 +7,8 @@ trains, then measures, in the same session:
 1. the raw read bandwidth of the files (h5py reading ``image/data`` in large slabs, one
    process, page cache warm as for the pipeline runs);
 2. the dark pipeline (``mpirun -n R calib-mpi``) for each R: end-to-end and gather+process
-   throughput (raw bytes per second) and their ratio to the read bandwidth, and the strong
+   throughput (raw bytes per second) and their ratio to the read bandwidth, the same for
+   the runs after the first (``steady``: a long run's rate, without one-off costs), the strong
    scaling t(1)/t(R); once more with one rank bound to one core (the per-core rate, and
    the speedup of R ranks over one core);
 3. the peak resident memory per rank for N and 4N trains (must stay flat: bounded by
@@ -106,6 +107,15 @@ def run_pipeline(conf: Path, ranks: int, report: Path, extra: list[str],
     rep = json.loads(report.read_text())
     rep["wall_seconds"] = wall
     return rep
+
+
+def steady_rate(rep: dict) -> float:
+    """GB/s of gather + process over the runs after the first (equal runs): the rate of a
+    long run, without the first run's one-off costs (compiled kernel loaded, buffers'
+    pages mapped, MPI-IO set up)."""
+    t = rep["seconds_gather_per_run"][1:]
+    n = len(rep["seconds_gather_per_run"])
+    return rep["bytes_read"] / n * len(t) / sum(t) / 1e9 if t else rep["gather_GBps"]
 
 
 def processor_rates(n_cells: int, quick: bool) -> dict:
@@ -252,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
             "gather_over_read": rep["gather_GBps"] / res["read_GBps"],
             "speedup_gather": t1 / rep["seconds_gather_process"],
             "speedup_vs_one_core": one["seconds_gather_process"] / rep["seconds_gather_process"],
+            "steady_GBps": steady_rate(rep),
+            "steady_over_read": steady_rate(rep) / res["read_GBps"],
             "peak_rss_MB_per_rank": [x / 2**20 for x in rep["peak_rss_bytes_per_rank"]],
         }
     # memory: a chunk small enough that even the N-train set has several read rounds per
@@ -271,12 +283,13 @@ def main(argv: list[str] | None = None) -> int:
 
     print()
     print(f"{'ranks':>5} {'total s':>8} {'e2e GB/s':>9} {'e2e/read':>9} {'gather GB/s':>12} "
-          f"{'gather/read':>12} {'speedup':>8} {'peak RSS MB/rank':>17}")
+          f"{'gather/read':>12} {'steady/read':>12} {'speedup':>8} {'peak RSS MB/rank':>17}")
     for r, p in res["pipeline"].items():
         print(f"{r:>5} {p['seconds_total']:8.2f} {p['end_to_end_GBps']:9.2f} "
               f"{p['end_to_end_over_read']:9.2f} {p['gather_GBps']:12.2f} "
-              f"{p['gather_over_read']:12.2f} {p['speedup_gather']:8.2f} "
-              f"{max(p['peak_rss_MB_per_rank']):17.0f}")
+              f"{p['gather_over_read']:12.2f} {p['steady_over_read']:12.2f} "
+              f"{p['speedup_gather']:8.2f} {max(p['peak_rss_MB_per_rank']):17.0f}")
+    print("steady: gather+process of the runs after the first (a long run's rate)")
     oc = res["one_core"]
     print(f"1 rank bound to one core: gather+process {oc['gather_GBps']:.2f} GB/s "
           f"({oc['gather_over_read']:.2f} of the read); speedup over it: "

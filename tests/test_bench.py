@@ -26,7 +26,7 @@ def test_bench_quick(tmp_path):
     for r in ("1", "2"):
         run = res["pipeline"][r]
         for key in ("end_to_end_over_read", "gather_over_read", "speedup_gather",
-                    "end_to_end_GBps", "gather_GBps"):
+                    "end_to_end_GBps", "gather_GBps", "steady_GBps", "steady_over_read"):
             assert run[key] > 0, key
         assert len(run["peak_rss_MB_per_rank"]) == int(r)
     assert res["pipeline"]["1"]["speedup_gather"] == pytest.approx(1.0)
