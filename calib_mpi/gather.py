@@ -295,15 +295,60 @@ class _NodeBuffers:
 #: communicator -> its node buffers, kept from run to run (fresh shared pages cost page faults
 #: in the reader and in every rank that reads them, as much as the work itself)
 _SHARED: dict[int, _NodeBuffers] = {}
+#: communicators whose nodes have no room for shared read buffers
+_NO_ROOM: set[int] = set()
 
 
-def _node_buffers(comm: MPI.Comm, n_elements: int) -> _NodeBuffers:
-    """Collective over ``comm``: its node buffers, with at least ``n_elements`` per rank."""
+def shared_memory_room(directory: str) -> int | None:
+    """Bytes free for shared memory in ``directory`` (None: unknown). Testing aid:
+    ``CALIB_MPI_TEST_SHM_FREE=<bytes>`` pretends that much is free."""
+    if "CALIB_MPI_TEST_SHM_FREE" in os.environ:
+        return int(os.environ["CALIB_MPI_TEST_SHM_FREE"])
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def _room_on_nodes(comm: MPI.Comm, n_bytes: int) -> tuple[bool, str]:
+    """Collective over ``comm``: whether every node has room for its ranks' shared read
+    buffers (a full /dev/shm makes the first write to the window crash with SIGBUS), and
+    why not."""
+    node = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    need = node.allreduce(n_bytes)
+    why = ""
+    if node.rank == 0:
+        where = os.environ.get("OMPI_MCA_osc_sm_backing_directory", "/dev/shm")
+        room = shared_memory_room(where)
+        if room is not None and room < need + (need >> 4) + (64 << 20):
+            why = (f"{where} has {room / 2**20:.0f} MB free, the read buffers of this node's "
+                   f"{node.size} rank(s) need {need / 2**20:.0f} MB")
+    why = node.bcast(why)
+    node.Free()
+    whys = [w for w in comm.allgather(why) if w]
+    return not whys, whys[0] if whys else ""
+
+
+def _node_buffers(comm: MPI.Comm, n_elements: int) -> _NodeBuffers | None:
+    """Collective over ``comm``: its node buffers, with at least ``n_elements`` per rank, or
+    None when some node has no room for them (blocks are then sent, as without sharing)."""
     key = comm.py2f()
+    if key in _NO_ROOM:  # decided for this job (on every rank alike)
+        return None
     nb = _SHARED.get(key)
     if comm.allreduce(nb is None or nb.capacity < n_elements, op=MPI.LOR):
         if nb is not None:
             nb.free()
+            del _SHARED[key]
+        ok, why = _room_on_nodes(comm, 2 * n_elements)
+        if not ok:
+            _NO_ROOM.add(key)
+            if comm.rank == 0:
+                log.warning("not sharing read buffers between the ranks of a node: %s; "
+                            "ASIC blocks are sent instead (slower; a larger /dev/shm or a "
+                            "smaller chunk_frames helps)", why)
+            return None
         nb = _SHARED[key] = _NodeBuffers(comm, n_elements)
     nb.used = 0
     return nb
@@ -311,6 +356,7 @@ def _node_buffers(comm: MPI.Comm, n_elements: int) -> _NodeBuffers:
 
 def release_node_buffers(comm: MPI.Comm) -> None:
     """Collective over ``comm``: free its node buffers (after its last run)."""
+    _NO_ROOM.discard(comm.py2f())
     nb = _SHARED.pop(comm.py2f(), None)
     if nb is not None:
         nb.free()

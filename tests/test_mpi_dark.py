@@ -202,6 +202,25 @@ def test_node_sharing_gives_identical_results(runs_by_ranks, dark_set, tmp_path,
             assert np.array_equal(a[k], b[k], equal_nan=True), (m, k)
 
 
+def test_no_room_for_shared_memory_falls_back_to_sending(runs_by_ranks, dark_set, tmp_path):
+    """When /dev/shm cannot hold a node's read buffers (a write to the window would crash
+    with SIGBUS), the job warns once, sends the blocks instead and gives the same constants."""
+    out = tmp_path / "out"
+    conf = dark_set.config(tmp_path / "run.conf", out)
+    r = run_mpi(3, [conf, "-v", "--chunk_frames", "40"], env={"CALIB_MPI_TEST_SHM_FREE": "1000"})
+    assert r.returncode == 0, r.output
+    assert r.output.count("not sharing read buffers between the ranks of a node") == 1, r.output
+    assert "/dev/shm has 0 MB free" in r.output
+    moved = re.findall(r"ASIC blocks from other ranks: (\d+) in place, (\d+) received",
+                       r.output)
+    assert moved and sum(int(a) for a, _ in moved) == 0
+    assert sum(int(b) for _, b in moved) > 0
+    for m in (0, 1):
+        a, b = _load(runs_by_ranks[1], m), _load(out, m)
+        for k in DATASETS:
+            assert np.array_equal(a[k], b[k], equal_nan=True), (m, k)
+
+
 def test_serial_hdf5_driver_gives_identical_results(runs_by_ranks, dark_set, tmp_path):
     """One rank with plain (posix) HDF5 I/O, and without the prefetch thread, writes the same
     constants as the mpio runs."""
