@@ -237,8 +237,8 @@ class _NodeBuffers:
     on other nodes still get their blocks by ``Alltoallv``. Collective over ``comm``.
     """
 
-    def __init__(self, comm: MPI.Comm, n_elements: int):
-        self.node = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    def __init__(self, comm: MPI.Comm, node: MPI.Comm, n_elements: int):
+        self.node = node  # the ranks of comm on this node (freed with the buffers)
         members = self.node.allgather(comm.rank)
         # each rank's part page-aligned, placed near the rank that reads into it
         info = MPI.Info.Create()
@@ -311,11 +311,10 @@ def shared_memory_room(directory: str) -> int | None:
     return st.f_bavail * st.f_frsize
 
 
-def _room_on_nodes(comm: MPI.Comm, n_bytes: int) -> tuple[bool, str]:
-    """Collective over ``comm``: whether every node has room for its ranks' shared read
-    buffers (a full /dev/shm makes the first write to the window crash with SIGBUS), and
-    why not."""
-    node = comm.Split_type(MPI.COMM_TYPE_SHARED)
+def _room_on_nodes(comm: MPI.Comm, node: MPI.Comm, n_bytes: int) -> tuple[bool, str]:
+    """Collective over ``comm``: whether every node (``node``: this rank's) has room for its
+    ranks' shared read buffers (a full /dev/shm makes the first write to the window crash
+    with SIGBUS), and why not."""
     need = node.allreduce(n_bytes)
     why = ""
     if node.rank == 0:
@@ -325,7 +324,6 @@ def _room_on_nodes(comm: MPI.Comm, n_bytes: int) -> tuple[bool, str]:
             why = (f"{where} has {room / 2**20:.0f} MB free, the read buffers of this node's "
                    f"{node.size} rank(s) need {need / 2**20:.0f} MB")
     why = node.bcast(why)
-    node.Free()
     whys = [w for w in comm.allgather(why) if w]
     return not whys, whys[0] if whys else ""
 
@@ -341,15 +339,17 @@ def _node_buffers(comm: MPI.Comm, n_elements: int) -> _NodeBuffers | None:
         if nb is not None:
             nb.free()
             del _SHARED[key]
-        ok, why = _room_on_nodes(comm, 2 * n_elements)
+        node = comm.Split_type(MPI.COMM_TYPE_SHARED)
+        ok, why = _room_on_nodes(comm, node, 2 * n_elements)
         if not ok:
+            node.Free()
             _NO_ROOM.add(key)
             if comm.rank == 0:
                 log.warning("not sharing read buffers between the ranks of a node: %s; "
                             "ASIC blocks are sent instead (slower; a larger /dev/shm or a "
                             "smaller chunk_frames helps)", why)
             return None
-        nb = _SHARED[key] = _NodeBuffers(comm, n_elements)
+        nb = _SHARED[key] = _NodeBuffers(comm, node, n_elements)
     nb.used = 0
     return nb
 

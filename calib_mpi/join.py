@@ -120,8 +120,7 @@ def write_module(comm: MPI.Comm, module: int, path: Path, driver: str, n_cells: 
                 # one HDF5 chunk per (lead, cell) and ASIC: every ASIC write is whole chunks
                 # (2.5x faster than a contiguous layout), and a frame [k, c] is 16 small chunks
                 d = f.create_dataset(part.prefix + spec.name, shape=shape, dtype=spec.dtype,
-                                     chunks=(1,) * (len(spec.lead) + 1) + (64, 64),
-                                     fill_time="never")
+                                     chunks=(1,) * (len(spec.lead) + 1) + (64, 64))
                 d.attrs["dims"] = np.array(spec.dims, dtype=h5py.string_dtype())
                 for i in range(n):
                     if i < len(units):

@@ -28,8 +28,7 @@ col) generating slopes, ``offset`` and ``gain_level`` (3, cell, row, col), ``exp
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
@@ -37,7 +36,7 @@ import numpy as np
 
 from ..geometry import AGIPD_FRAME, asic_blocks, chip_coordinates
 from .cfel_scans import write_lab_run
-from .conf import write_config_file
+from .conf import write_config_file, write_truth
 from .drscs import KIND_ALL_LOST, make_drscs_scans
 from .xfel_scans import _to_uint16
 
@@ -158,15 +157,10 @@ def write_drscs_runs(input_dir: Path | str, p: CfelDrscsSet | None = None) -> Pa
                 valid[c, t][:, inj] = False
     analog[~valid] = 0
     digital[~valid] = 0
-    path = out / "truth_cfel_drscs.h5"
-    with h5py.File(path, "w") as tf:
-        tf.attrs["params"] = json.dumps(asdict(p), default=str)
-        for k, v in (("analog", analog), ("digital", digital), ("valid", valid),
-                     ("slope", slope), ("offset", truth["offset"]),
-                     ("gain_level", truth["gain_level"]), ("expected_error", expected),
-                     ("expected_chosen", chosen), ("column_group", group)):
-            tf.create_dataset(k, data=v)
-    return path
+    return write_truth(out / "truth_cfel_drscs.h5", p, {
+        "analog": analog, "digital": digital, "valid": valid, "slope": slope,
+        "offset": truth["offset"], "gain_level": truth["gain_level"],
+        "expected_error": expected, "expected_chosen": chosen, "column_group": group})
 
 
 def write_drscs_config(path: Path | str, input_dir: Path | str, out_dir: Path | str,

@@ -43,7 +43,7 @@ import numpy as np
 
 from ..geometry import AGIPD_FRAME, asic_blocks, chip_coordinates
 from .cfel import _cuts, _write_part
-from .conf import write_config_file
+from .conf import write_config_file, write_truth
 from .drspc import broken_truth, make_drspc_sweep
 from .xfel_scans import _line_fit, _to_uint16, drspc_values
 from .xray import make_xray_run
@@ -250,16 +250,9 @@ def write_xray_run(input_dir: Path | str, p: CfelXraySet | None = None) -> Path:
     digital = np.full_like(analog, p.gain_level)
     write_lab_run(d, f"{p.module}_{p.position}_xray_{p.target}_{p.run:05d}", analog, digital,
                   lost, p.n_parts, p.chunk_frames)
-    path = out / "truth_cfel_xray.h5"
-    with h5py.File(path, "w") as tf:
-        tf.attrs["params"] = json.dumps(asdict(p))
-        tf.attrs["sigma_fano"] = sigma_fano
-        for k, v in truth.items():
-            tf.create_dataset(k, data=v)
-        tf.create_dataset("n_photons", data=n_photons)
-        tf.create_dataset("expected_bits", data=expected)
-        tf.create_dataset("frames_used", data=np.full(p.n_cells, int(keep.sum())))
-    return path
+    return write_truth(out / "truth_cfel_xray.h5", p, {
+        **truth, "n_photons": n_photons, "expected_bits": expected,
+        "frames_used": np.full(p.n_cells, int(keep.sum()))}, {"sigma_fano": sigma_fano})
 
 
 def write_xray_config(path: Path | str, input_dir: Path | str, out_dir: Path | str,

@@ -17,16 +17,14 @@ the scan each pixel got from its injecting run (input for a serial
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 from ..geometry import XFEL_FRAME, asic_blocks, chip_coordinates
 from .cfel_drscs import ALL_ZERO_ERROR, merge_failures
-from .conf import write_config_file
+from .conf import write_config_file, write_truth
 from .drscs import KIND_ALL_LOST, make_drscs_scans
 from .xfel import DETECTOR, DarkRunSet, _Train, _write_sequence
 from .xfel_scans import _to_uint16
@@ -117,14 +115,9 @@ def write_xfel_drscs_runs(out_dir: Path | str, p: XfelDrscsSet | None = None) ->
                 _write_sequence(run_dir / name, layout, p.module, trains)
     analog[~valid] = 0
     digital[~valid] = 0
-    path = out / "truth.h5"
-    with h5py.File(path, "w") as tf:
-        tf.attrs["params"] = json.dumps(asdict(p))
-        for key, v in (("analog", analog), ("digital", digital), ("valid", valid),
-                       ("expected_error", expected), ("expected_chosen", chosen),
-                       ("column_group", group)):
-            tf.create_dataset(key, data=v)
-    return path
+    return write_truth(out / "truth.h5", p, {
+        "analog": analog, "digital": digital, "valid": valid, "expected_error": expected,
+        "expected_chosen": chosen, "column_group": group})
 
 
 def write_xfel_drscs_config(path: Path | str, raw_dir: Path | str, out_dir: Path | str,
