@@ -57,6 +57,19 @@ else
   say "h5py with MPI support present ($("$vpy" -c 'import h5py; print(h5py.__version__, "HDF5", h5py.version.hdf5_version)'))"
 fi
 
+# the facility's own tools: EXtra-data reads XFEL files (control data, and the tests' reference),
+# EXtra-geom draws the detector, EXtra (euxfel-extra) holds the operating-condition and CalCat rules.
+# Installed after the parallel h5py, and checked not to have replaced it.
+eco_pkgs=(extra-data extra-geom euxfel-extra)
+if ! "$vpy" -c 'import extra_data, extra_geom, extra.calibration' 2>/dev/null; then
+  say "installing the European XFEL tools: ${eco_pkgs[*]}"
+  pipq "${eco_pkgs[@]}"
+  "$vpy" -c 'import sys, h5py; sys.exit(0 if h5py.get_config().mpi else 1)' \
+    || { say "ERROR: installing ${eco_pkgs[*]} replaced the parallel h5py"; exit 1; }
+else
+  say "European XFEL tools present ($("$vpy" -c 'import extra_data, extra_geom; print("extra-data", extra_data.__version__, "extra-geom", extra_geom.__version__)'), euxfel-extra)"
+fi
+
 if ! "$vpy" -c "import calib_mpi" 2>/dev/null || [ ! -x "$venv/bin/calib-mpi" ] || [ ! -x "$venv/bin/calib-mpi-submit" ]; then
   say "installing calib-mpi (editable) into the venv"
   pipq --no-build-isolation --no-deps -e "$here"
