@@ -16,6 +16,7 @@ import configargparse
 
 from . import __version__
 from .errors import ConfigError
+from .resources import data_dir
 
 FACILITIES = ("xfel", "cfel")
 #: measurement -> (number of runs it needs or None, what the runs are); one entry per recipe in
@@ -36,11 +37,13 @@ K_ALPHA_KEV = {"Cu": 8.04, "Mo": 17.44}
 
 
 def facility_dir() -> Path:
-    """Directory holding ``<facility>.conf`` (``CALIB_MPI_FACILITY_DIR`` overrides it)."""
+    """Directory holding ``<facility>.conf``: the one shipped in the package
+    (``calib_mpi/data/facility_specifics``, linked as ``facility_specifics/`` in the source tree);
+    ``CALIB_MPI_FACILITY_DIR`` overrides it."""
     env = os.environ.get("CALIB_MPI_FACILITY_DIR")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parent.parent / "facility_specifics"
+    return data_dir("facility_specifics")
 
 
 def parse_int_list(values: list[str] | str | None, key: str) -> list[int]:

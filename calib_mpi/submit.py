@@ -28,6 +28,7 @@ from . import __version__
 from .config import facility_dir, parse_config
 from .errors import CalibError
 from .mpienv import clean_environ
+from .resources import data_dir
 
 PROG = "calib-mpi-submit"
 LAUNCHERS = ("mpirun", "srun")
@@ -43,8 +44,9 @@ class SubmitError(Exception):
 
 
 def default_template() -> Path:
-    """The batch-script template shipped with calib-mpi (``jobscripts/``)."""
-    return Path(__file__).resolve().parent.parent / "jobscripts" / "calib-mpi.sbatch.template"
+    """The batch-script template shipped with calib-mpi (``calib_mpi/data/jobscripts/``,
+    linked as ``jobscripts/`` in the source tree)."""
+    return data_dir("jobscripts") / "calib-mpi.sbatch.template"
 
 
 def default_cluster_conf() -> Path:
