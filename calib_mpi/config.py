@@ -6,6 +6,7 @@ user's config file, ``facility_specifics/<facility>.conf``, built-in defaults.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
 import re
@@ -175,6 +176,28 @@ class Config:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()}
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults that are true for the command line: a flag (``--overwrite``,
+    ``--no_prefetch``) is off unless given, whatever the value it stores; options without a
+    built-in default (None) show none; lists are shown as they are written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "%(default)" in text or action.default is argparse.SUPPRESS:
+            return text
+        if action.nargs == 0:  # a flag: store_true/false/const, count, help, version
+            if isinstance(action, argparse._CountAction) or "default" in text \
+                    or action.dest in ("help", "version"):
+                return text
+            return f"{text} (default: off)"
+        if action.default is None:
+            return text
+        value = action.default
+        if isinstance(value, list | tuple):
+            value = " ".join(map(str, value))
+        return f"{text} (default: {str(value).replace('%', '%%')})"
+
+
 def _base_parser(default_files: list[str], add_help: bool = True) -> configargparse.ArgParser:
     p = configargparse.ArgParser(
         prog="calib-mpi",
@@ -185,7 +208,7 @@ def _base_parser(default_files: list[str], add_help: bool = True) -> configargpa
         ),
         default_config_files=default_files,
         auto_env_var_prefix=ENV_PREFIX,
-        formatter_class=configargparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
         epilog=(
             "Every option can be given in the config file as 'key = value' (e.g. "
             "'modules = 0-15'), on the command line as --key value, or as environment "
