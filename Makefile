@@ -6,6 +6,9 @@ NP ?= 4
 export OMPI_ALLOW_RUN_AS_ROOT := 1
 export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM := 1
 export OMPI_MCA_rmaps_base_oversubscribe := 1
+# as root, the set-up installs the Debian packages it needs (MPI, parallel HDF5); otherwise it
+# uses the MPI and HDF5 it finds (modules, HDF5_DIR, h5pcc): see scripts/setup-env.sh
+export CALIB_MPI_APT ?= $(shell [ "$$(id -u)" = 0 ] && echo 1 || echo 0)
 
 .PHONY: setup demo demo-drscs test lint bench clean
 
