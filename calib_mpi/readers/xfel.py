@@ -2,8 +2,9 @@
 
 One :class:`FileIndex` describes one sequence file of one module (metadata only, small and
 picklable, so rank 0 can broadcast it). File-format differences are handled here and nowhere
-else: both INDEX forms (``first``/``count`` and the old ``first``/``last``/``status``), the
-meaning of ``INDEX/flag`` per format version, and the 2017 interleaved mode in which analog
+else: the INDEX read positionally as EXtra-data does (:func:`read_index`: the DAQ's zero
+padding, both forms ``first``/``count`` and the old ``first``/``last``/``status``, the
+meaning of ``INDEX/flag`` per format version), and the 2017 interleaved mode in which analog
 and digital arrive as separate frames in ``data[:, 0]`` (even cellId analog, odd digital).
 Every train or frame left out is counted with its reason. See ``shared/spec/formats.md`` 1.
 """
@@ -146,33 +147,99 @@ def _read(f: h5py.File, path: str, where: str) -> np.ndarray:
         raise DataError(f"{where}: dataset {path} cannot be read ({e})") from e
 
 
-def format_version(f: h5py.File) -> tuple[int, int]:
-    """File format version ``(major, minor)``; files without ``METADATA/dataFormatVersion``
-    are reported as (0, 5)."""
+def format_version(f: h5py.File) -> str:
+    """File format version as written in ``METADATA/dataFormatVersion`` (e.g. ``"1.3"``);
+    files without it are the first format, called ``"0.5"`` (as EXtra-data does)."""
     if "METADATA/dataFormatVersion" not in f:
-        return (0, 5)
+        return "0.5"
     raw = f["METADATA/dataFormatVersion"][()]
-    raw = raw[0] if getattr(raw, "ndim", 0) else raw
-    text = raw.decode() if isinstance(raw, bytes) else str(raw)
-    try:
-        major, minor = (int(x) for x in text.strip().split(".")[:2])
-    except ValueError:
-        return (0, 5)
-    return major, minor
+    raw = raw.ravel()[0] if getattr(raw, "ndim", 0) else raw
+    text = raw.decode("ascii", "replace") if isinstance(raw, bytes) else str(raw)
+    return text.strip()
 
 
-def safe_train_flags(f: h5py.File, n: int) -> np.ndarray:
-    """Per INDEX entry: True where the train ID is trustworthy per ``INDEX/flag``.
+@dataclass
+class TrainIndex:
+    """The per-train INDEX of one source group of one file, positions aligned.
 
-    Format 1.0 and >= 1.2: flag 1 = train ID from the time server (safe); format 1.1: the flag
-    is a source index and 0 = time server; older formats have no flag (all trusted).
+    Attributes
+    ----------
+    version : file format version (``"0.5"`` when the file has none).
+    train_ids : (n,) uint64, ``INDEX/trainId`` up to its last non-zero entry (the DAQ pads
+        with zeros; a 0 before the last real ID is kept, a train without ID).
+    first, count : (n,) int64, frame range ``first:first+count`` of each entry.
+    safe : (n,) bool, train ID from the time server per ``INDEX/flag`` (all True in 0.5).
+    tail_without_id : entries after the last train ID that still have frames (trains
+        without ID, left out).
     """
-    if "INDEX/flag" not in f:
-        return np.ones(n, bool)
-    flag = f["INDEX/flag"][()].ravel()
-    if len(flag) != n:
-        return np.ones(n, bool)
-    return flag == 0 if format_version(f) == (1, 1) else flag == 1
+
+    version: str
+    train_ids: np.ndarray
+    first: np.ndarray
+    count: np.ndarray
+    safe: np.ndarray
+    tail_without_id: int = 0
+
+
+def _at_least(f: h5py.File, path: str, n: int, where: str) -> np.ndarray:
+    """A 1-D INDEX dataset, all of it; an error if it has fewer than ``n`` entries."""
+    a = _read(f, path, where).ravel()
+    if len(a) < n:
+        raise DataError(
+            f"{where}: {path} has {len(a)} entries, fewer than the {n} trains in "
+            "INDEX/trainId (truncated or inconsistent INDEX)"
+        )
+    return a
+
+
+def _counts(f: h5py.File, ix: str, n: int, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """``first`` and ``count`` of an INDEX group (from ``last``/``status`` in the old form),
+    at least ``n`` entries each, int64."""
+    first = _at_least(f, f"{ix}/first", n, where).astype(np.int64)
+    if f"{ix}/count" in f:
+        return first, _at_least(f, f"{ix}/count", n, where).astype(np.int64)
+    if f"{ix}/last" not in f:
+        raise DataError(f"{where}: {ix} has neither 'count' nor 'last'")
+    last = _at_least(f, f"{ix}/last", n, where).astype(np.int64)
+    status = (_at_least(f, f"{ix}/status", n, where).astype(np.int64)
+              if f"{ix}/status" in f else np.ones_like(last))
+    m = min(len(first), len(last), len(status))
+    first, last, status = first[:m], last[:m], status[:m]
+    if np.any((status != 0) & (last < first)):
+        raise DataError(f"{where}: {ix}/last is before 'first' for a train with data")
+    return first, np.where(status != 0, last - first + 1, 0)
+
+
+def read_index(f: h5py.File, source: str, group: str, where: str) -> TrainIndex:
+    """Read the INDEX of ``source``/``group`` as EXtra-data's ``FileAccess`` does.
+
+    Train IDs are the entries of ``INDEX/trainId`` up to its last non-zero one (trailing
+    zeros are the DAQ's padding to its allocation blocks); ``first``, ``count`` and
+    ``INDEX/flag`` are taken positionally ``[:n]`` and may be padded or not, but must not be
+    shorter. The old form ``first``/``last``/``status`` gives ``count = last - first + 1`` where
+    ``status != 0``. ``INDEX/flag`` != 0 marks a trusted train ID, except in format 1.1 where
+    it is the index of the ID's source and 0 (the time server) is the trusted one; format 0.5
+    has no flag. Zeros *inside* ``INDEX/trainId`` are kept as ID 0 at their position (EXtra-data
+    drops them first and so shifts the later trains' ranges; its validator reports such files).
+    Padding entries with frames (``count > 0``) are trains without ID: counted in
+    ``tail_without_id``, never read (EXtra-data ignores them too).
+    """
+    version = format_version(f)
+    all_ids = _read(f, "INDEX/trainId", where).astype(np.uint64).ravel()
+    nonzero = np.nonzero(all_ids)[0]
+    n = int(nonzero[-1]) + 1 if len(nonzero) else 0
+    first, count = _counts(f, f"INDEX/{source}/{group}", n, where)
+    tail = int(np.count_nonzero(count[n:len(all_ids)] > 0))
+    if version == "0.5":
+        safe = np.ones(n, bool)
+    elif "INDEX/flag" not in f:
+        raise DataError(f"{where}: dataset INDEX/flag is missing (required in file format "
+                        f"{version}; only format 0.5 files have none)")
+    else:
+        flag = _at_least(f, "INDEX/flag", n, where)[:n]
+        safe = flag == 0 if version == "1.1" else flag != 0
+    return TrainIndex(version=version, train_ids=all_ids[:n], first=first[:n],
+                      count=count[:n], safe=safe, tail_without_id=tail)
 
 
 def _frame_checks(ids, first, count, frame_tid, cell_id, interleaved
@@ -197,6 +264,31 @@ def _frame_checks(ids, first, count, frame_tid, cell_id, interleaved
     counts = {TID_MISMATCH: int(mismatch.sum()), BAD_CELL: int(beyond.sum()),
               DUP_CELL: int(dup.sum())}
     return sel[bad], counts
+
+
+def _usable_trains(index: TrainIndex) -> tuple[np.ndarray, dict, dict]:
+    """Per INDEX entry: is the train used; and the counts and IDs of those left out (ID 0,
+    no frames, untrusted ID, ID seen before in the file)."""
+    ids, count = index.train_ids, index.count
+    dropped: dict[str, int] = {}
+    rejected: dict[str, list[int]] = {}
+    zero = ids == 0
+    empty = (count <= 0) & ~zero
+    unsafe = ~index.safe & ~zero & ~empty
+    cand = np.nonzero(~(zero | empty | unsafe))[0]
+    _, first_seen = np.unique(ids[cand], return_index=True)
+    dup = np.zeros(len(ids), bool)
+    dup[cand] = True
+    dup[cand[first_seen]] = False
+    if index.tail_without_id:
+        dropped[ZERO_ID] = index.tail_without_id
+    for mask, reason in ((zero, ZERO_ID), (empty, NO_FRAMES), (unsafe, UNSAFE),
+                         (dup, DUP_TRAIN)):
+        if mask.any():
+            dropped[reason] = dropped.get(reason, 0) + int(mask.sum())
+            if reason != ZERO_ID:
+                rejected[reason] = [int(t) for t in ids[mask]]
+    return ~(zero | empty | unsafe | dup), dropped, rejected
 
 
 def scan_file(path: Path, source: str, run: int, module: int,
@@ -237,47 +329,9 @@ def scan_file(path: Path, source: str, run: int, module: int,
         n_frames = dset.shape[0]
         chunk = dset.chunks[0] if dset.chunks else 1
 
-        ids = _read(f, "INDEX/trainId", where).astype(np.uint64).ravel()
-        ix = f"INDEX/{source}/image"
-        first = _read(f, f"{ix}/first", where).astype(np.int64).ravel()
-        if f"{ix}/count" in f:
-            count = _read(f, f"{ix}/count", where).astype(np.int64).ravel()
-        elif f"{ix}/last" in f:
-            last = _read(f, f"{ix}/last", where).astype(np.int64).ravel()
-            status = (
-                _read(f, f"{ix}/status", where).astype(np.int64).ravel()
-                if f"{ix}/status" in f
-                else np.ones_like(last)
-            )
-            if np.any((status != 0) & (last < first)):
-                raise DataError(f"{where}: {ix}/last is before 'first' for a train with data")
-            count = np.where(status != 0, last - first + 1, 0)
-        else:
-            raise DataError(f"{where}: {ix} has neither 'count' nor 'last'")
-        if not (len(ids) == len(first) == len(count)):
-            raise DataError(
-                f"{where}: INDEX lengths differ (trainId {len(ids)}, first {len(first)}, "
-                f"count {len(count)})"
-            )
-        safe = safe_train_flags(f, len(ids))
-        dropped: dict[str, int] = {}
-        rejected: dict[str, list[int]] = {}
-        zero = ids == 0
-        empty = (count <= 0) & ~zero
-        unsafe = ~safe & ~zero & ~empty
-        cand = np.nonzero(~(zero | empty | unsafe))[0]
-        _, first_seen = np.unique(ids[cand], return_index=True)
-        dup = np.zeros(len(ids), bool)
-        dup[cand] = True
-        dup[cand[first_seen]] = False
-        for mask, reason in ((zero, ZERO_ID), (empty, NO_FRAMES), (unsafe, UNSAFE),
-                             (dup, DUP_TRAIN)):
-            if mask.any():
-                dropped[reason] = int(mask.sum())
-                if reason != ZERO_ID:
-                    rejected[reason] = [int(t) for t in ids[mask]]
-        use = ~(zero | empty | unsafe | dup)
-        ids, first, count = ids[use], first[use], count[use]
+        index = read_index(f, source, "image", where)
+        use, dropped, rejected = _usable_trains(index)
+        ids, first, count = index.train_ids[use], index.first[use], index.count[use]
         if np.any(first < 0) or np.any(first + count > n_frames):
             raise DataError(
                 f"{where}: INDEX points beyond the {n_frames} frames of {img}/data "
