@@ -593,11 +593,14 @@ def _xfel_currents(ns, runs: tuple[int, ...]) -> dict:
 
 def _drscs_settings(values: list[str] | str | None) -> tuple:
     """``name=value`` words -> validated ``DrscsParams`` overrides (name, value) pairs."""
+    words = parse_word_list(values)
+    if not words:  # no import of the drscs processing (and scipy) for other jobs
+        return ()
     from .process.drscs import DrscsParams
 
     fields = {f.name: f for f in dataclasses.fields(DrscsParams)}
     out = []
-    for word in parse_word_list(values):
+    for word in words:
         name, eq, text = word.partition("=")
         if not eq or name not in fields:
             raise ConfigError(f"drscs: {word!r} — expected name=value with a name of "

@@ -161,3 +161,15 @@ if ! "$vpy" -c "import calib_mpi" 2>/dev/null || [ ! -x "$venv/bin/calib-mpi" ] 
 else
   say "calib-mpi installed in the venv"
 fi
+
+# the compiled kernels, built once for this machine's CPU and this version of their source:
+# jobs then load them without compiling or importing numba (calib_mpi/process/_jit.py)
+if kmod=$("$vpy" -c 'from calib_mpi.process import _jit; p = _jit.prebuilt_path(); print(p or ""); raise SystemExit(p is None)' 2>/dev/null); then
+  say "compiled kernels present: $kmod"
+elif "$vpy" -c 'import numba' 2>/dev/null; then
+  say "compiling the kernels ahead of time (numba.pycc, ~10 s)"
+  kmod=$("$vpy" -m calib_mpi.process.aot) || { say "ERROR: compiling the kernels failed"; exit 1; }
+  say "compiled kernels: $kmod"
+else
+  say "numba not installed: jobs use the numpy kernels (slower)"
+fi

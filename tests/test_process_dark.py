@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from calib_mpi.badpixels import BadPixels
-from calib_mpi.process import kernels
+from calib_mpi.process import _jit, kernels
 from calib_mpi.process.dark import (
     DarkAccumulator,
     DarkLimits,
@@ -57,6 +57,7 @@ def test_dark_kernel_is_exact_and_matches_numpy(block, sizes):
         assert np.array_equal(fast[1][c], (x[:, 0] ** 2).sum(0))
         assert np.array_equal(fast[3][c], (x[:, 1] ** 2).sum(0))
     assert kernels.HAVE_NUMBA, "numba is part of the environment; the fast path must be tested"
+    assert _jit.backend() in ("prebuilt", "jit")
 
 
 def test_accumulator_matches_numpy_and_ignores_chunking_and_order():

@@ -60,7 +60,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
 
 from calib_mpi.badpixels import BAD_PIXEL_DTYPE, BadPixels
 
@@ -136,6 +135,8 @@ def running_median(x: np.ndarray, window: int) -> np.ndarray:
     use min/max selection networks on shifted views (about 5x faster); others, and input
     with NaN, go to scipy."""
     if window not in (3, 5) or x.shape[0] == 0 or np.isnan(x).any():
+        from scipy import ndimage  # on use: importing scipy costs ~0.1 s per job
+
         return ndimage.median_filter(x, size=(window, 1), mode="nearest")
     h = window // 2
     xp = np.concatenate([np.repeat(x[:1], h, axis=0), x, np.repeat(x[-1:], h, axis=0)])

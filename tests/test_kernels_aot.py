@@ -1,0 +1,84 @@
+"""Prebuilt (ahead-of-time compiled) kernels: built by ``python -m calib_mpi.process.aot``,
+exact and equal to the JIT and numpy versions, loaded without importing numba, and ignored
+when built from another version of the source."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from calib_mpi.mpienv import clean_environ
+from calib_mpi.process import _jit, kernels
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """A cache directory holding the prebuilt module of the current source."""
+    d = tmp_path_factory.mktemp("xdg") / "calib-mpi"
+    p = subprocess.run([sys.executable, "-m", "calib_mpi.process.aot", "--dir", str(d)],
+                       capture_output=True, text=True, timeout=300, env=clean_environ())
+    assert p.returncode == 0, p.stdout + p.stderr
+    path = Path(p.stdout.strip())
+    assert path.parent == d and path.is_file() and path.name.startswith(_jit.module_name())
+    return d
+
+
+def _sums(fn, frames, r0, c0, group):
+    out = [np.zeros((6, 64, 64), np.uint64) for _ in range(4)]
+    fn(frames, r0, c0, *group, *out)
+    return out
+
+
+def test_prebuilt_equals_jit_and_numpy(built):
+    """Cells with 0 to 31 frames (every set combination of the kernel), values up to 65535,
+    a block inside a larger frame: prebuilt, JIT and numpy sums are identical (exact)."""
+    rng = np.random.default_rng(3)
+    cells = np.concatenate([np.full(n, c) for c, n in enumerate((1, 2, 3, 7, 8, 31))] + [[-1]])
+    cells = cells[rng.permutation(len(cells))]
+    frames = rng.integers(0, 65536, (len(cells), 2, 128, 128), dtype=np.uint16)
+    frames[0] = 65535
+    group = kernels.group_by_cell(cells, 6)
+    assert _jit.backend([built]) == "prebuilt"
+    pre = _sums(_jit.kernel("dark_sums", [built]), frames, 64, 64, group)
+    jit = _sums(_jit._jit_module().dark_sums, frames, 64, 64, group)
+    ref = _sums(kernels._dark_sums_numpy, frames, 64, 64, group)
+    for a, b, c in zip(pre, jit, ref, strict=True):
+        assert np.array_equal(a, c) and np.array_equal(b, c)
+
+
+def test_stale_module_is_ignored(built, tmp_path):
+    """A module built from another source (other hash in its name) is not loaded."""
+    (current,) = built.glob(_jit.module_name() + "*")
+    stale = tmp_path / current.name.replace(_jit.source_hash(), "0" * 12)
+    stale.write_bytes(current.read_bytes())
+    assert _jit.backend([tmp_path]) == "jit"
+
+
+SNIPPET = """
+import json, sys
+import numpy as np
+from calib_mpi.process import _jit, kernels
+frames = np.full((3, 2, 64, 64), 7, np.uint16)
+sums = [np.zeros((1, 64, 64), np.uint64) for _ in range(4)]
+kernels.dark_sums(frames, 0, 0, kernels.group_by_cell(np.zeros(3, np.int64), 1), sums)
+print(json.dumps({"backend": _jit.backend(), "numba": "numba" in sys.modules,
+                  "sum": int(sums[0][0, 5, 5]), "sq": int(sums[1][0, 5, 5])}))
+"""
+
+
+@pytest.mark.parametrize("mode", ["auto", "jit", "numpy"])
+def test_job_process_picks_backend(built, mode):
+    """A process finds the prebuilt module in the user cache (XDG_CACHE_HOME) and then never
+    imports numba; CALIB_MPI_KERNELS forces JIT or numpy; the sums are the same."""
+    env = clean_environ({"XDG_CACHE_HOME": str(built.parent), _jit.ENV: mode})
+    p = subprocess.run([sys.executable, "-c", SNIPPET], capture_output=True, text=True,
+                       timeout=120, env=env)
+    assert p.returncode == 0, p.stderr
+    r = json.loads(p.stdout)
+    assert (r["sum"], r["sq"]) == (21, 147)
+    want = {"auto": "prebuilt", "jit": "jit", "numpy": "numpy"}[mode]
+    assert r["backend"] == want
+    assert r["numba"] == (want == "jit")
