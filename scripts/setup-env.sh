@@ -168,8 +168,11 @@ if kmod=$("$vpy" -c 'from calib_mpi.process import _jit; p = _jit.prebuilt_path(
   say "compiled kernels present: $kmod"
 elif "$vpy" -c 'import numba' 2>/dev/null; then
   say "compiling the kernels ahead of time (numba.pycc, ~10 s)"
-  kmod=$("$vpy" -m calib_mpi.process.aot) || { say "ERROR: compiling the kernels failed"; exit 1; }
-  say "compiled kernels: $kmod"
+  if kmod=$("$vpy" -m calib_mpi.process.aot); then
+    say "compiled kernels: $kmod"
+  else
+    say "WARNING: compiling the kernels failed (a C compiler is needed); jobs compile them at first use (numba JIT)"
+  fi
 else
   say "numba not installed: jobs use the numpy kernels (slower)"
 fi
