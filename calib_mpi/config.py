@@ -130,6 +130,11 @@ class Config:
     threads: int = 0
     report: Path | None = None
     plot: bool = False
+    #: pictures: CrystFEL geometry file, or quadrant positions (x, y of quadrants 1-4, pixels),
+    #: else the instrument's default positions; axis units px or mm
+    geometry: Path | None = None
+    quad_pos: tuple[float, ...] | None = None
+    plot_units: str = "px"
     export: bool = False
     io_driver: str = "auto"
     offset_sigma: float = 5.0
@@ -280,6 +285,14 @@ def build_parser(default_files: list[str] | None = None) -> configargparse.ArgPa
     g.add_argument("--plot", action="store_true",
                    help="after the run, write PNG maps and histograms to "
                         "<output_dir>/<measurement>/plots (see calib-mpi plot --help)")
+    g.add_argument("--geometry", help="pictures: CrystFEL .geom file placing the modules "
+                   "(default: quadrant positions)")
+    g.add_argument("--quad_pos", "--quad-pos", nargs="+", metavar="XY",
+                   help="pictures: x y of the first pixel of quadrants 1-4 (modules 0, 4, 8, "
+                   "12) in pixels, x to the left and y up along the beam, 8 numbers "
+                   "(default: the instrument's, from the detector name)")
+    g.add_argument("--plot_units", "--plot-units", choices=("px", "mm"), default="px",
+                   help="pictures: axis units of the full-detector images")
     g.add_argument("--export", action="store_true",
                    help="after the run, write pycalibration-layout constants to "
                         "<output_dir>/<measurement>/pycalibration (see calib-mpi export --help)")
@@ -508,6 +521,18 @@ def _facility_file(argv: list[str]) -> str:
     return str(path)
 
 
+def _picture_settings(ns) -> dict:
+    """``geometry``, ``quad_pos`` and ``plot_units`` checked (the file exists, 8 numbers,
+    not both)."""
+    geometry = Path(ns.geometry).expanduser() if ns.geometry else None
+    if geometry is not None and not geometry.is_file():
+        raise ConfigError(f"geometry: CrystFEL file {geometry} not found")
+    quad_pos = _floats(ns.quad_pos, "quad_pos", 8) if ns.quad_pos else None
+    if geometry is not None and quad_pos is not None:
+        raise ConfigError("geometry and quad_pos both place the modules: give one of them")
+    return {"geometry": geometry, "quad_pos": quad_pos, "plot_units": ns.plot_units}
+
+
 #: facility = cfel: default run names per measurement, in the order that gives their meaning
 #: ("" = no run name in the file names: lab xray files are ``..._xray_<spec>_<run:05>...``)
 CFEL_RUN_NAMES = {"dark": ("hg", "mg", "lg"), "drspc": tuple(f"r{k}" for k in range(1, 9)),
@@ -712,6 +737,7 @@ def parse_config(argv: list[str]) -> Config:
         threads=ns.threads,
         report=Path(ns.report) if ns.report else None,
         plot=ns.plot,
+        **_picture_settings(ns),
         export=ns.export,
         io_driver=ns.io_driver,
         offset_sigma=ns.offset_sigma,

@@ -254,7 +254,9 @@ def _after_run(cfg: Config, outputs: list) -> None:
     if cfg.plot:
         from .plot import plot_results
 
-        files = plot_results(outputs, base / "plots")
+        files = plot_results(outputs, base / "plots", geom_file=cfg.geometry,
+                             quad_pos=cfg.quad_pos, detector=cfg.detector,
+                             units=cfg.plot_units)
         log.info("pictures: %d PNG files in %s", len(files), base / "plots")
     if cfg.export:
         from .export import export_module

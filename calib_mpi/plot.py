@@ -1,6 +1,8 @@
-"""Pictures of calib-mpi results: per-module maps and histograms, full-detector images.
+"""Pictures of calib-mpi results: per-module maps, histograms and bad-pixel bit tables,
+full-detector images placed by EXtra-geom.
 
-``calib-mpi plot RESULT.h5 [more.h5 ...] --out DIR [--cell C] [--gain G] [--geom FILE] [--raw]``
+``calib-mpi plot RESULT.h5 [more.h5 ...] --out DIR [--cell C] [--gain G] [--geom FILE |
+--quad-pos X1 Y1 .. X4 Y4] [--detector NAME] [--units px|mm] [--raw]``
 
 Per module (``<label>`` = ``AGIPD<MM>_<QxMy>``, ``<tag>`` = ``c<C>`` or ``c<C>_g<G>``):
 
@@ -8,17 +10,23 @@ Per module (``<label>`` = ``AGIPD<MM>_<QxMy>``, ``<tag>`` = ``c<C>`` or ``c<C>_g
 - ``<label>_threshold_<tag>.png``: the digital thresholds t01, t12 (with ``G``: those bounding
   stage ``G``);
 - ``<label>_badpixels_<tag>.png``: pixels with any bad-pixel bit, in any stage (or in ``G``);
+- ``<label>_badpixels_bits.txt`` (``_bits_g<G>.txt``): per bit that occurs, its name and how
+  often it is set - (gain, cell, pixel) entries, pixels in any cell, pixels at cell ``C``;
+- ``<label>_badpixels_bit<NN>_<tag>.png``: where bit ``NN`` is set at cell ``C``, one picture
+  per bit that occurs there;
 - ``<label>_hist.png`` (``_hist_g<G>``): offset and noise per gain stage, all cells and pixels.
 
 With several modules also ``detector_{offset,noise,threshold,badpixels}_<tag>.png``: the same
-maps placed in the AGIPD-1M plane, by EXtra-geom when it is installed (its example geometry, or
-``--geom`` CrystFEL file), else by the built-in approximate layout (:func:`assemble`).
+maps in the AGIPD-1M plane, assembled by EXtra-geom (:mod:`calib_mpi.layout`: a CrystFEL
+``--geom`` file, ``--quad-pos``, or the instrument's default quadrant positions), axes in
+pixels or mm with the beam at (0, 0).
 Colour limits of maps are the 1st and 99th percentiles of the shown values.
 
 Orientation: every picture shows the detector as seen along the beam (EXtra-geom's "front
 view"), so a module appears as its AGIPD frame ``(128, 512)``: wing 1 (modules 0-7) rows =
 ``fast_scan``, columns = ``511 - slow_scan``; wing 2 is that rotated by 180 degrees
-(``shared/spec/formats.md`` 3.1, 3.3). Axis labels give the raw ``slow_scan``/``fast_scan``.
+(``shared/spec/formats.md`` 3.1, 3.3). Module maps label their axes with the raw
+``slow_scan``/``fast_scan`` pixel indices.
 
 With ``--raw`` the maps are also written pixel for pixel (``raw/*.png``, one image pixel per
 detector pixel, same orientation, same colour limits, no axes) for zooming and checks.
@@ -30,7 +38,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,9 +48,11 @@ import matplotlib.colors as mcolors
 import numpy as np
 from matplotlib.figure import Figure
 
+from .badpixels import BadPixels
 from .geometry import XFEL_FRAME, quadrant_name, wing
+from .layout import UNITS, DetectorLayout, LayoutError, detector_layout
 
-__all__ = ["assemble", "module_view", "plot_results", "main", "DPI", "QUAD_POS"]
+__all__ = ["module_view", "plot_results", "main", "DPI"]
 
 DPI = 100
 MAP_WIDTH = 12.0  # inches; a module map panel is 12 x 3.2 in, i.e. 1200 x 320 px per panel
@@ -55,12 +65,6 @@ BAD_CMAP = mcolors.ListedColormap(["#dce6f0", "#d62728"])  # good (light blue), 
 MISSING = "0.75"  # NaN / no module
 GAIN_NAMES = ("high", "medium", "low")
 THRESHOLD_NAMES = ("t01 (high/medium)", "t12 (medium/low)")
-
-#: EXtra-geom's example quadrant positions (first pixel of modules 0, 4, 8, 12; pixels,
-#: x to the left and y up when looking along the beam) - typical, not any experiment's.
-QUAD_POS = ((-525.0, 625.0), (-550.0, -10.0), (520.0, -160.0), (542.5, 475.0))
-ASIC_GAP = 2  # pixels between the 64-pixel tiles along slow_scan
-PANEL_GAP = 29  # pixels between modules of a quadrant
 
 
 class PlotError(Exception):
@@ -86,79 +90,6 @@ def _view_extent(module: int) -> tuple[float, float, float, float]:
     if wing(module) == 1:
         return (ss - 0.5, -0.5, fs - 0.5, -0.5)
     return (-0.5, ss - 0.5, -0.5, fs - 0.5)
-
-
-def _simple_positions() -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
-    """Approximate AGIPD-1M layout: (rows, cols) per (module, ss, fs), and the image shape.
-
-    Approximate: idealised like EXtra-geom's ``AGIPD_1MGeometry.from_quad_positions(QUAD_POS)``
-    (same pixels within 1 pixel): 4 quadrants of 4 flat, equally spaced modules, 8 tiles of
-    64 x 128 pixels per module with ``ASIC_GAP`` between tiles and ``PANEL_GAP`` between
-    modules; real quadrant positions differ per experiment. Front view, image row 0 at the top.
-    """
-    ss = np.arange(XFEL_FRAME[0])[:, None]
-    fs = np.arange(XFEL_FRAME[1])[None, :]
-    along = (ss // 64) * (64 + ASIC_GAP) + ss % 64
-    rows = np.empty((16, *XFEL_FRAME), np.int64)
-    cols = np.empty_like(rows)
-    for m in range(16):
-        qx, qy = QUAD_POS[m // 4]
-        top = -qy + (m % 4) * (XFEL_FRAME[1] + PANEL_GAP)
-        if wing(m) == 1:  # slow scan to the left (+x), fast scan down (-y)
-            cols[m] = np.floor(-qx - 1 - along)
-            rows[m] = np.floor(top + fs)
-        else:  # rotated by 180 degrees
-            cols[m] = np.floor(-qx + along)
-            rows[m] = np.floor(top - 1 - fs)
-    rows -= rows.min()
-    cols -= cols.min()
-    return rows, cols, (int(rows.max()) + 1, int(cols.max()) + 1)
-
-
-def _extra_geom(geom_file: str | os.PathLike | None):
-    """EXtra-geom's AGIPD-1M geometry (``geom_file``: CrystFEL .geom), or None if unavailable."""
-    try:
-        from extra_geom import AGIPD_1MGeometry
-    except ImportError:
-        if geom_file is not None:
-            raise PlotError(f"--geom {geom_file}: needs EXtra-geom (pip install extra_geom)"
-                            ) from None
-        return None
-    if geom_file is None:
-        return AGIPD_1MGeometry.example()
-    try:
-        return AGIPD_1MGeometry.from_crystfel_geom(str(geom_file))
-    except Exception as e:  # EXtra-geom / cfel_fmt raise many kinds on bad files
-        raise PlotError(f"--geom {geom_file}: not a usable AGIPD-1M CrystFEL geometry ({e})"
-                        ) from e
-
-
-def assemble(modules: Mapping[int, np.ndarray], geom=None) -> tuple[np.ndarray, str]:
-    """Full-detector front-view image from ``{module: (512, 128) array}``; NaN elsewhere.
-
-    ``geom``: an EXtra-geom AGIPD-1M geometry, or None for the built-in approximate layout.
-    Returns the float image and a description of the layout used.
-    """
-    if geom is not None:
-        data = np.full((16, *XFEL_FRAME), np.nan, np.float32)
-        for m, a in modules.items():
-            data[m] = a
-        out, _ = geom.position_modules(data)
-        name = getattr(geom, "filename", None)
-        if not name or name == "No file":
-            name = "EXtra-geom example geometry"
-        return out[::-1, ::-1], f"layout: {name}"
-    rows, cols, shape = _simple_positions()
-    img = np.full(shape, np.nan, np.float32)
-    for m, a in modules.items():
-        img[rows[m], cols[m]] = a
-    return img, "layout: approximate (EXtra-geom example quadrant positions)"
-
-
-def _module_map(geom=None) -> np.ndarray:
-    """The :func:`assemble` image holding each pixel's module number (NaN in the gaps)."""
-    img, _ = assemble({m: np.full(XFEL_FRAME, m, np.float32) for m in range(16)}, geom)
-    return img
 
 
 # --------------------------------------------------------------------------- data
@@ -253,6 +184,71 @@ def _histograms(path: Path, name: str, gains: list[int], bins: int = 200):
     return out
 
 
+@dataclass(frozen=True)
+class BitCount:
+    """How often one bad-pixel bit is set in a result file.
+
+    Attributes
+    ----------
+    bit : bit number (value ``1 << bit``).
+    name : the European XFEL name (``BadPixels``), or ``bit N`` for an unnamed one.
+    entries : (gain, cell, pixel) entries with the bit, over the whole file.
+    pixels : pixels with the bit in any gain stage and cell.
+    at_cell : pixels with the bit at the chosen cell (in the chosen gain stage, or in any).
+    """
+
+    bit: int
+    name: str
+    entries: int
+    pixels: int
+    at_cell: int
+
+
+def bit_counts(r: ModuleResult, gain: int | None = None,
+               cells_per_read: int = 32) -> tuple[list[BitCount], int]:
+    """Per-bit counts of ``bad_pixels`` of result ``r`` (the bits that occur, in bit order)
+    and the number of (gain, cell, pixel) entries. Reads ``cells_per_read`` cells at a time."""
+    names = {f.bit_length() - 1: f.name for f in BadPixels}
+    entries = np.zeros(32, np.int64)
+    anywhere = np.zeros((32, *XFEL_FRAME), bool)
+    with h5py.File(r.path, "r") as f:
+        ds = f["bad_pixels"]
+        n_gain, n_cells = ds.shape[:2]
+        for g in range(n_gain):
+            for c0 in range(0, n_cells, cells_per_read):
+                block = ds[g, c0:c0 + cells_per_read]
+                present = int(np.bitwise_or.reduce(block, axis=None))
+                for bit in (b for b in range(32) if present >> b & 1):
+                    hit = (block & np.uint32(1 << bit)) != 0
+                    entries[bit] += np.count_nonzero(hit)
+                    anywhere[bit] |= hit.any(axis=0)
+        total = int(np.prod(ds.shape))
+    counts = [BitCount(b, names.get(b, f"bit {b}"), int(entries[b]),
+                       int(np.count_nonzero(anywhere[b])),
+                       int(np.count_nonzero(_bit_plane(r, gain, b))))
+              for b in range(32) if entries[b]]
+    return counts, total
+
+
+def _bit_plane(r: ModuleResult, gain: int | None, bit: int) -> np.ndarray:
+    """1.0 where ``bit`` is set at the chosen cell (in ``gain``, or in any stage); (512, 128)."""
+    b = r.bad if gain is None else r.bad[gain:gain + 1]
+    return ((b & np.uint32(1 << bit)) != 0).any(axis=0).astype(np.float32)
+
+
+def _bit_table(r: ModuleResult, counts: list[BitCount], total: int, cell: int,
+               gain: int | None) -> str:
+    """The per-bit summary of ``r`` as a text table."""
+    which = "any gain stage" if gain is None else f"{GAIN_NAMES[gain]} gain"
+    head = (f"{r.label} bad-pixel bits in {r.path.name}: {total} (gain, cell, pixel) entries, "
+            f"{r.n_cells} cells\n"
+            f"{'bit':>3} {'value':>8}  {'name':<26} {'entries':>10} {'% entries':>10} "
+            f"{'pixels':>7} {f'at cell {cell} ({which})':>24}\n")
+    rows = [f"{c.bit:>3} {1 << c.bit:>8}  {c.name:<26} {c.entries:>10} "
+            f"{100 * c.entries / total:>10.4f} {c.pixels:>7} {c.at_cell:>24}\n" for c in counts]
+    return head + ("".join(rows) or "(no bad-pixel bit set)\n")
+
+
 # --------------------------------------------------------------------------- drawing
 
 def _wide_range(counts: Sequence[np.ndarray]) -> bool:
@@ -287,7 +283,7 @@ def _map_figure(path: Path, title: str, panels: list[tuple[str, np.ndarray]], mo
     """
     height = MAP_PANEL_HEIGHT * len(panels)
     fig = Figure(figsize=(MAP_WIDTH, height), dpi=DPI)
-    fig.subplots_adjust(left=0.07, right=0.97, top=1 - 0.55 / height, bottom=0.5 / height,
+    fig.subplots_adjust(left=0.07, right=0.97, top=1 - 0.7 / height, bottom=0.5 / height,
                         hspace=0.5)
     axes = fig.subplots(len(panels), 1, squeeze=False)[:, 0]
     for ax, (name, plane) in zip(axes, panels, strict=True):
@@ -340,6 +336,7 @@ def _module_pictures(r: ModuleResult, out: Path, cell: int, gain: int | None,
         if raw:
             files.append(_save_raw(out / "raw" / f"{r.label}_badpixels_{tag}.png",
                                    module_view(r.module, plane), 0.0, 1.0, BAD_CMAP))
+        files += _bit_pictures(r, out, cell, gain, view)
     hist_names = [n for n in ("offset", "noise") if n in r.maps]
     if hist_names:
         fig = Figure(figsize=HIST_FIGSIZE, dpi=DPI)
@@ -363,80 +360,104 @@ def _module_pictures(r: ModuleResult, out: Path, cell: int, gain: int | None,
     return files
 
 
+def _bit_pictures(r: ModuleResult, out: Path, cell: int, gain: int | None,
+                  view: str) -> list[Path]:
+    """``<label>_badpixels_bits.txt`` (the per-bit table) and one map per bit set at ``cell``:
+    ``<label>_badpixels_bit<NN>_<tag>.png``."""
+    counts, total = bit_counts(r, gain)
+    table = out / (f"{r.label}_badpixels_bits.txt" if gain is None
+                   else f"{r.label}_badpixels_bits_g{gain}.txt")
+    table.write_text(_bit_table(r, counts, total, cell, gain))
+    files = [table]
+    which = "any gain stage" if gain is None else f"{GAIN_NAMES[gain]} gain"
+    for c in (c for c in counts if c.at_cell):
+        plane = _bit_plane(r, gain, c.bit)
+        p = out / f"{r.label}_badpixels_bit{c.bit:02d}_{_tag(cell, gain)}.png"
+        files.append(_map_figure(
+            p, f"{r.label} bit {c.bit} {c.name} ({which}), {view}",
+            [(f"{c.at_cell} of {plane.size} pixels (red); all cells: {c.pixels} pixels, "
+              f"{c.entries} entries", plane)], r.module, "", cmap=BAD_CMAP,
+            limits=(0.0, 1.0), colorbar=False,
+            marks=np.argwhere(plane) if c.at_cell <= MAX_MARKS else None))
+    return files
+
+
 def _detector_figure(path: Path, title: str, panels: list[tuple[str, np.ndarray]],
-                     modmap: np.ndarray, present: Sequence[int], unit: str, cmap=CMAP,
+                     layout: DetectorLayout, present: Sequence[int], unit: str, cmap=CMAP,
                      limits: tuple[float, float] | None = None, mark: bool = False) -> Path:
-    """Assembled images side by side; modules without data grey, gaps white, QxMy labels.
+    """Assembled images side by side in the detector plane (front view, axes in the layout's
+    units, beam at (0, 0) marked +); modules without data grey, gaps white, QxMy labels.
 
     ``mark``: circle the pixels equal to 1 when there are at most ``MAX_MARKS`` (bad pixels).
     """
     w, h = DETECTOR_PANEL
-    fig = Figure(figsize=(w * len(panels), h), dpi=DPI)
-    fig.subplots_adjust(left=0.01, right=0.97, top=0.9, bottom=0.02, wspace=0.08)
+    fig = Figure(figsize=(w * len(panels), h), dpi=DPI, layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
-    exists = np.where(np.isfinite(modmap), 1.0, np.nan)
+    exists = np.where(np.isfinite(layout.assemble(
+        {m: np.ones(XFEL_FRAME, np.float32) for m in range(16)})), 1.0, np.nan)
     background = mcolors.ListedColormap([MISSING]).with_extremes(bad=(0, 0, 0, 0))
     clear = _cmap(cmap).with_extremes(bad=(0, 0, 0, 0))
-    rows, cols = np.indices(modmap.shape)
+    draw = {"origin": "lower", "extent": layout.extent, "interpolation": "nearest"}
     for ax, (name, img) in zip(axes, panels, strict=True):
         vmin, vmax = limits or _limits(img)
-        ax.imshow(exists, cmap=background, interpolation="nearest")
-        im = ax.imshow(img, cmap=clear, vmin=vmin, vmax=vmax, interpolation="nearest")
-        for m in range(16):
-            sel = modmap == m
-            ax.text(cols[sel].mean(), rows[sel].mean(), quadrant_name(m), ha="center",
-                    va="center", fontsize=7, color="black" if m in present else "0.35",
+        ax.imshow(exists, cmap=background, **draw)
+        im = ax.imshow(img, cmap=clear, vmin=vmin, vmax=vmax, **draw)
+        ax.invert_xaxis()  # front view: x grows to the left
+        for m, (x, y) in enumerate(layout.module_centres):
+            ax.text(x, y, quadrant_name(m), ha="center", va="center", fontsize=7,
+                    color="black" if m in present else "0.35",
                     bbox={"facecolor": "white", "alpha": 0.6, "pad": 1, "linewidth": 0}
                     if m in present else None)
+        ax.plot([0], [0], "+", color="black", markersize=10)
         hits = np.argwhere(img == 1.0) if mark else np.empty((0, 2))
         if 0 < len(hits) <= MAX_MARKS:
-            ax.scatter(hits[:, 1], hits[:, 0], s=30, facecolors="none", edgecolors="#d62728",
-                       linewidths=0.8)
+            x, y = layout.to_axes(hits[:, 0], hits[:, 1])
+            ax.scatter(x, y, s=30, facecolors="none", edgecolors="#d62728", linewidths=0.8)
         ax.set_title(name, fontsize=10)
-        ax.set_axis_off()
+        ax.set_xlabel(f"x ({layout.axis_label})")
+        ax.set_ylabel(f"y ({layout.axis_label})")
         if limits is None:
             fig.colorbar(im, ax=ax, label=unit, fraction=0.046, pad=0.02)
-    fig.suptitle(title)
+    fig.suptitle(title, fontsize=11)
     fig.savefig(path)
     return path
 
 
 def _detector_pictures(results: list[ModuleResult], out: Path, cell: int, gain: int | None,
-                       geom) -> list[Path]:
+                       layout: DetectorLayout) -> list[Path]:
     files = []
     tag = _tag(cell, gain)
-    modmap = _module_map(geom)
     present = [r.module for r in results]
     names = [n for n in QUANTITIES if all(n in r.maps for r in results)]
-    layout = ""
     for name in names:
         labels, unit = QUANTITIES[name]
-        panels = []
-        for i in _selected(name, gain):
-            img, layout = assemble({r.module: r.maps[name][i] for r in results}, geom)
-            panels.append((labels[i], img))
+        panels = [(labels[i], layout.assemble({r.module: r.maps[name][i] for r in results}))
+                  for i in _selected(name, gain)]
         p = out / f"detector_{name}_{tag}.png"
-        files.append(_detector_figure(p, f"{name}, cell {cell}, front view; {layout}", panels,
-                                      modmap, present, unit))
+        files.append(_detector_figure(p, f"{name}, cell {cell}, front view\n{layout.name}",
+                                      panels, layout, present, unit))
     if all(r.bad is not None for r in results):
-        img, layout = assemble({r.module: _bad_plane(r, gain) for r in results}, geom)
+        img = layout.assemble({r.module: _bad_plane(r, gain) for r in results})
         which = "any gain stage" if gain is None else f"{GAIN_NAMES[gain]} gain"
         p = out / f"detector_badpixels_{tag}.png"
         files.append(_detector_figure(
-            p, f"bad pixels (red; any bit, {which}), cell {cell}; {layout}",
-            [(f"{int(np.nansum(img))} bad pixels", img)], modmap, present, "",
+            p, f"bad pixels (red; any bit, {which}), cell {cell}\n{layout.name}",
+            [(f"{int(np.nansum(img))} bad pixels", img)], layout, present, "",
             cmap=BAD_CMAP, limits=(0.0, 1.0), mark=True))
     return files
 
 
 def plot_results(paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
                  cell: int = 0, gain: int | None = None, *, raw: bool = False,
-                 geom_file: str | os.PathLike | None = None) -> list[Path]:
+                 geom_file: str | os.PathLike | None = None,
+                 quad_pos: Sequence[float] | None = None, detector: str | None = None,
+                 units: str = "px") -> list[Path]:
     """Write the pictures of module result files ``paths`` to ``out_dir``; returns the files.
 
     ``cell``: memory cell of the maps; ``gain``: 0/1/2 restricts maps and histograms to that
-    stage (None: all). Full-detector pictures need two or more modules; they use EXtra-geom
-    (``geom_file`` or its example geometry) when installed, else the approximate layout.
+    stage (None: all). Full-detector pictures (two or more modules) are placed by EXtra-geom:
+    ``geom_file`` (CrystFEL), else ``quad_pos`` (8 numbers, pixels), else the default
+    quadrant positions of ``detector``'s instrument; axes in ``units`` (``px`` or ``mm``).
     """
     if gain is not None and gain not in (0, 1, 2):
         raise PlotError(f"--gain {gain}: expected 0 (high), 1 (medium) or 2 (low)")
@@ -446,14 +467,18 @@ def plot_results(paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
         if r.module in seen:
             raise PlotError(f"{r.path}: module {r.module} also in {seen[r.module]}")
         seen[r.module] = r.path
-    geom = _extra_geom(geom_file) if len(results) > 1 or geom_file is not None else None
+    try:
+        layout = detector_layout(geom_file, quad_pos, detector, units) \
+            if len(results) > 1 or geom_file is not None or quad_pos is not None else None
+    except LayoutError as e:
+        raise PlotError(str(e)) from e
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files = []
     for r in results:
         files += _module_pictures(r, out, cell, gain, raw)
     if len(results) > 1:
-        files += _detector_pictures(results, out, cell, gain, geom)
+        files += _detector_pictures(results, out, cell, gain, layout)
     return files
 
 
@@ -461,21 +486,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``calib-mpi plot``: exit code 0, or 2 with one message on a bad input."""
     p = argparse.ArgumentParser(
         prog="calib-mpi plot",
-        description="PNG maps and histograms of calib-mpi results; a full-detector image for "
-                    "several modules (EXtra-geom if installed, else an approximate layout).")
+        description="PNG maps, histograms and bad-pixel tables of calib-mpi results; for "
+                    "several modules a full-detector image placed by EXtra-geom.")
     p.add_argument("results", nargs="+", type=Path, help="per-module result files")
     p.add_argument("--out", required=True, type=Path, help="output directory")
     p.add_argument("--cell", type=int, default=0, help="memory cell of the maps (default 0)")
     p.add_argument("--gain", type=int, choices=(0, 1, 2),
                    help="only this gain stage (0 high, 1 medium, 2 low; default all)")
     p.add_argument("--geom", type=Path, help="CrystFEL .geom file for the detector image "
-                                              "(needs EXtra-geom)")
+                   "(default: quadrant positions)")
+    p.add_argument("--quad-pos", "--quad_pos", type=float, nargs=8, metavar="XY",
+                   help="x y of the first pixel of quadrants 1-4 (modules 0, 4, 8, 12), in "
+                   "pixels, x to the left and y up along the beam (default: the instrument's)")
+    p.add_argument("--detector", default="SPB_DET_AGIPD1M-1",
+                   help="detector name; its instrument picks the default quadrant positions "
+                   "(default: %(default)s)")
+    p.add_argument("--units", choices=UNITS, default="px",
+                   help="axis units of the detector image (default: %(default)s)")
     p.add_argument("--raw", action="store_true",
                    help="also write the maps pixel for pixel to <out>/raw/")
     args = p.parse_args(argv)
     try:
         for f in plot_results(args.results, args.out, args.cell, args.gain, raw=args.raw,
-                              geom_file=args.geom):
+                              geom_file=args.geom, quad_pos=args.quad_pos,
+                              detector=args.detector, units=args.units):
             print(f"wrote {f}")
     except PlotError as e:
         print(f"calib-mpi plot: error: {e}", file=sys.stderr)

@@ -15,7 +15,9 @@ import matplotlib.image as mimage
 import numpy as np
 import pytest
 
-from calib_mpi import export, plot
+from calib_mpi import export, layout, plot
+from calib_mpi.config import parse_config
+from calib_mpi.errors import ConfigError
 from calib_mpi.geometry import xfel_to_agipd_frame
 
 N_CELLS = 4
@@ -153,7 +155,7 @@ def test_plot_files_maps_and_bad_block(fake, tmp_path):
     out = tmp_path / "png"
     files = plot.plot_results([fake[3][0], fake[12][0]], out, cell=1, raw=True)
     assert len(files) == len(set(files))
-    sizes = {p.relative_to(out).as_posix(): png_size(p) for p in files}
+    sizes = {p.relative_to(out).as_posix(): png_size(p) for p in files if p.suffix == ".png"}
     for label in ("AGIPD03_Q1M4", "AGIPD12_Q4M1"):
         assert sizes[f"{label}_offset_c1.png"] == (1200, 960)
         assert sizes[f"{label}_noise_c1.png"] == (1200, 960)
@@ -163,6 +165,8 @@ def test_plot_files_maps_and_bad_block(fake, tmp_path):
         for g in range(3):
             assert sizes[f"raw/{label}_offset_{g}_c1.png"] == (512, 128)
         assert sizes[f"raw/{label}_badpixels_c1.png"] == (512, 128)
+        assert sizes[f"{label}_badpixels_bit13_c1.png"] == (1200, 320)  # the bad block
+        assert f"{label}_badpixels_bit00_c1.png" not in sizes  # bit 0 only at cell 0
     assert sizes["detector_offset_c1.png"] == (2100, 700)
     assert sizes["detector_threshold_c1.png"] == (1400, 700)
     assert sizes["detector_badpixels_c1.png"] == (700, 700)
@@ -202,7 +206,8 @@ def test_plot_gain_selection_and_cli(fake, tmp_path, capsys):
     names = {p.name for p in out.iterdir()}
     assert names == {"AGIPD03_Q1M4_offset_c0_g2.png", "AGIPD03_Q1M4_noise_c0_g2.png",
                      "AGIPD03_Q1M4_threshold_c0_g2.png", "AGIPD03_Q1M4_badpixels_c0_g2.png",
-                     "AGIPD03_Q1M4_hist_g2.png"}
+                     "AGIPD03_Q1M4_hist_g2.png", "AGIPD03_Q1M4_badpixels_bits_g2.txt",
+                     "AGIPD03_Q1M4_badpixels_bit00_c0_g2.png"}  # bit 0: gain 2, cell 0
     assert png_size(out / "AGIPD03_Q1M4_offset_c0_g2.png") == (1200, 320)
     assert png_size(out / "AGIPD03_Q1M4_threshold_c0_g2.png") == (1200, 320)  # t12 only
     assert plot.main([str(fake[3][0]), "--out", str(out), "--cell", str(N_CELLS)]) == 2
@@ -210,26 +215,80 @@ def test_plot_gain_selection_and_cli(fake, tmp_path, capsys):
     assert plot.main([str(fake[3][0]), str(fake[3][0]), "--out", str(out)]) == 2
 
 
-def test_assemble_layout():
-    full = {m: np.full((SS, FS), m, np.float32) for m in range(16)}
-    img, layout = plot.assemble(full)
-    assert "approximate" in layout
-    assert np.count_nonzero(np.isfinite(img)) == 16 * SS * FS  # no overlaps
-    h, w = img.shape
-    centre = {}
-    for m in range(16):
-        r, c = np.nonzero(img == m)
-        centre[m] = (r.mean() / h, c.mean() / w)
-    # front view: Q1 top right, Q2 bottom right, Q3 bottom left, Q4 top left; M1 on top
-    for q, (top, right) in enumerate(((True, True), (False, True), (False, False),
-                                      (True, False))):
-        for m in range(4 * q, 4 * q + 4):
-            assert (centre[m][0] < 0.5) == top and (centre[m][1] > 0.5) == right, m
-        assert centre[4 * q][0] < centre[4 * q + 1][0] < centre[4 * q + 3][0]
-    a = np.zeros((SS, FS), np.float32)
-    a[0, 0], a[511, 0], a[0, 127] = 1, 2, 3
-    for m, ss_left, fs_down in ((0, True, True), (8, False, False)):
-        img, _ = plot.assemble({m: a})
-        (r1, c1), (r2, c2), (r3, c3) = (np.argwhere(img == v)[0] for v in (1, 2, 3))
-        assert (c2 < c1) == ss_left and r2 == r1  # slow scan runs along the row
-        assert (r3 > r1) == fs_down and c3 == c1  # fast scan runs along the column
+def test_detector_image_pixels_sit_where_extra_geom_puts_them():
+    """Every pixel of the assembled default-geometry image is drawn (image pixel centre on
+    the plot axes) within half a pixel of EXtra-geom's own position for it, once."""
+    lay = layout.detector_layout(detector="SPB_DET_AGIPD1M-1")
+    assert "SPB default quadrant positions" in lay.name
+    index = np.arange(16 * SS * FS, dtype=np.float64).reshape(16, SS, FS)
+    img = lay.assemble({m: index[m] for m in range(16)})
+    rows, cols = np.nonzero(np.isfinite(img))
+    m, ss, fs = np.unravel_index(img[rows, cols].astype(np.int64), (16, SS, FS))
+    assert len(m) == 16 * SS * FS and len(np.unique(img[rows, cols])) == len(m)
+    x, y = lay.to_axes(rows, cols)
+    truth = lay.geom.get_pixel_positions()[..., :2] / lay.geom.pixel_size
+    assert np.abs(x - truth[m, ss, fs, 0]).max() <= 0.5 + 1e-9
+    assert np.abs(y - truth[m, ss, fs, 1]).max() <= 0.5 + 1e-9
+    # the same geometry EXtra-geom documents: quadrant positions round-trip
+    assert np.allclose(lay.geom.quad_positions(), layout.EXAMPLE_QUAD_POS)
+    # mm axes: the same image, 0.2 mm per pixel
+    mm = layout.detector_layout(units="mm")
+    assert np.allclose(np.array(mm.extent), np.array(lay.extent) * 0.2)
+
+
+def test_quad_pos_geom_file_and_errors(tmp_path):
+    q = [-520, 620, -545, -15, 515, -165, 540, 470]
+    lay = layout.detector_layout(quad_pos=q)
+    assert np.allclose(lay.geom.quad_positions(), np.reshape(q, (4, 2)))
+    geom_file = tmp_path / "agipd.geom"
+    lay.geom.write_crystfel_geom(str(geom_file))
+    from_file = layout.detector_layout(geom_file=geom_file)
+    assert "agipd.geom" in from_file.name
+    assert np.allclose(from_file.geom.get_pixel_positions(), lay.geom.get_pixel_positions(),
+                       atol=1e-6)
+    mid = layout.detector_layout(detector="MID_DET_AGIPD1M-1")
+    assert "no MID default" in mid.name
+    with pytest.raises(layout.LayoutError, match="expected 8 numbers"):
+        layout.detector_layout(quad_pos=q[:6])
+    bad = tmp_path / "bad.geom"
+    bad.write_text("nonsense\n")
+    with pytest.raises(layout.LayoutError, match="bad.geom"):
+        layout.detector_layout(geom_file=bad)
+
+
+def test_bad_pixel_bit_table(fake, tmp_path):
+    out = tmp_path / "png"
+    plot.plot_results([fake[3][0]], out, cell=0)
+    text = (out / "AGIPD03_Q1M4_badpixels_bits.txt").read_text().splitlines()
+    rows = {int(line.split()[0]): line.split() for line in text[2:]}
+    assert set(rows) == {0, 13}
+    n_block = 40 * 20
+    # bit, value, name, entries, % entries, pixels (any cell), at cell 0
+    assert rows[0][1:4] == ["1", "OFFSET_OUT_OF_THRESHOLD", "1"]
+    assert rows[0][5:] == ["1", "1"]
+    assert rows[13][1:4] == ["8192", "GAIN_THRESHOLDING_ERROR", str(n_block)]
+    assert rows[13][5:] == [str(n_block), "0"]
+    total = 3 * N_CELLS * SS * FS
+    assert float(rows[13][4]) == pytest.approx(100 * n_block / total, abs=1e-4)
+    assert (out / "AGIPD03_Q1M4_badpixels_bit00_c0.png").is_file()
+    assert not (out / "AGIPD03_Q1M4_badpixels_bit13_c0.png").exists()
+
+
+def test_picture_config_keys(tmp_path):
+    base = tmp_path / "run.conf"
+    base.write_text(f"input_dir = {tmp_path}\nruns = 1 2 3\nmodules = 0\n"
+                    f"output_dir = {tmp_path / 'out'}\n")
+    cfg = parse_config([str(base)])
+    assert (cfg.geometry, cfg.quad_pos, cfg.plot_units) == (None, None, "px")
+    q = "-520 620 -545 -15 515 -165 540 470"
+    cfg = parse_config([str(base), "--quad_pos", *q.split(), "--plot_units", "mm"])
+    assert cfg.quad_pos == tuple(float(v) for v in q.split()) and cfg.plot_units == "mm"
+    geom = tmp_path / "agipd.geom"
+    with pytest.raises(ConfigError, match="agipd.geom not found"):
+        parse_config([str(base), "--geometry", str(geom)])
+    geom.write_text("")
+    assert parse_config([str(base), "--geometry", str(geom)]).geometry == geom
+    with pytest.raises(ConfigError, match="give one of them"):
+        parse_config([str(base), "--geometry", str(geom), "--quad_pos", *q.split()])
+    with pytest.raises(ConfigError, match="quad_pos: .* expected 8 numbers"):
+        parse_config([str(base), "--quad_pos", "1", "2"])
