@@ -63,7 +63,7 @@ def installed(tmp_path_factory) -> Path:
     src = base / "src"
     shutil.copytree(REPO, src, symlinks=True, ignore=shutil.ignore_patterns(
         ".git", ".venv", "build", "*.egg-info", "__pycache__", ".pytest_cache", "demo*",
-        "bench-out"))
+        "bench-out", "_calib_kernels_*"))
     dist = base / "dist"
     _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
           "-w", dist, src], cwd=base)

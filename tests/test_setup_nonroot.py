@@ -68,7 +68,7 @@ def test_setup_as_non_root_user(user_home, dark_set, tmp_path):
     src = user_home / "calib-mpi"
     shutil.copytree(REPO, src, symlinks=True, ignore=shutil.ignore_patterns(
         ".git", ".venv", "build", "*.egg-info", "__pycache__", ".pytest_cache", "demo*",
-        "bench-out"))
+        "bench-out", "_calib_kernels_*"))
     shutil.copytree(dark_set.raw, user_home / "raw")
     subprocess.run(["chown", "-R", f"{USER}:{USER}", str(user_home)], check=True, timeout=60)
 
