@@ -2,8 +2,11 @@
 
 Steps: preprocess (scan files, plan) -> gather + process (streamed together) -> join.
 Errors about the input, configuration or output are raised identically on every rank and end
-the job with exit code 2 and one message; anything unexpected is logged with its rank and
-ends the whole job through ``MPI.COMM_WORLD.Abort``.
+the job with exit code 2 and one message; a write error ends the job with exit 2 from the
+failing rank (:func:`calib_mpi.guard.abort_write`); SIGINT/SIGTERM end it with 130/143
+(:func:`calib_mpi.guard.watch_signals`); anything unexpected is logged with its rank and
+ends the whole job through ``MPI.COMM_WORLD.Abort``. Temporary files and output locks are
+removed in every case.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from mpi4py import MPI
 from . import __version__
 from .config import Config, parse_config
 from .errors import CalibError
+from .guard import cleanup, watch_signals
 from .pipeline import run
 
 log = logging.getLogger("calib_mpi")
@@ -68,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         return importlib.import_module(SUBCOMMANDS[argv[0]]).main(argv[1:])
     comm = MPI.COMM_WORLD
     cfg = None
+    watch_signals()
     try:
         if comm.rank == 0:
             cfg = parse_config(argv)
@@ -90,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"[calib-mpi r{comm.rank}] unexpected error, aborting the job:\n"
                          + traceback.format_exc())
         sys.stderr.flush()
+        cleanup()
         if comm.size > 1:
             comm.Abort(1)
         return 1

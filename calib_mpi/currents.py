@@ -41,11 +41,13 @@ from .merge import merge_across_currents
 from .parallel import agree
 from .pipeline import (
     Processed,
+    finish_record,
     finish_timing,
     gather_and_process,
     lab_attrs,
     plan_inputs,
     provenance,
+    take_locks,
 )
 from .plan import Plan, Unit
 from .preprocess import (
@@ -53,8 +55,6 @@ from .preprocess import (
     format_record,
     make_plan,
     output_path,
-    record_path,
-    write_record,
 )
 from .recipes.drscs import (
     DIMS,
@@ -187,6 +187,7 @@ def run_currents(cfg: Config, comm: MPI.Comm, driver: str, started: str, t0: flo
             log.warning("nothing to do: every module has a complete result")
         return {"record": {"notes": notes}}
     group = comm.Split(color, comm.rank)
+    locks = None
     try:
         plans, records = _plan_currents(comm, group, cfg, mine, tuple(todo))
         t_scan = time.monotonic() - t0
@@ -195,17 +196,16 @@ def run_currents(cfg: Config, comm: MPI.Comm, driver: str, started: str, t0: flo
                                  if group.rank == 0})
         infos = {c: v for d in shared for c, v in d.items()}
         n_cells = _agree_cells(infos, currents)
-        if comm.rank == 0 and "preprocess" in cfg.steps and not cfg.dry_run:
-            write_record({"currents": {currents[c]: infos[c]["record"]
-                                       for c in sorted(infos)}}, record_path(cfg))
-            log.info("preprocess record: %s", record_path(cfg))
+        record = {"currents": {currents[c]: infos[c]["record"] for c in sorted(infos)}}
         if cfg.dry_run or cfg.steps == ("preprocess",):
             if comm.rank == 0:
                 for c in sorted(infos):
                     print(f"current {currents[c]} (rank group {c % n_groups}):")
                     print(format_record(infos[c]["record"]))
                     print(infos[c]["summary"])
+            finish_record(cfg, comm, record)
             return {"record": {c: infos[c]["record"] for c in infos}}
+        locks = take_locks(cfg, comm, todo)
         done, err = {}, None
         t1 = time.monotonic()
         try:
@@ -241,7 +241,10 @@ def run_currents(cfg: Config, comm: MPI.Comm, driver: str, started: str, t0: flo
             chosen[u.module] = chosen.get(u.module, 0) + np.bincount(
                 cc, minlength=len(currents) + 1)
         gathered = comm.gather((error_counts(merged), chosen), root=0)
+        finish_record(cfg, comm, record)
     finally:
+        if locks is not None:
+            locks.release()
         group.Free()
     timing = finish_timing(cfg, comm, t0, sum(d.bytes_read for d in done.values()), {
         "seconds_preprocess": t_scan,

@@ -47,6 +47,7 @@ import numpy as np
 
 from . import __version__
 from .geometry import XFEL_FRAME, quadrant_name
+from .guard import tmp_name
 
 __all__ = ["ConstantSpec", "EXPORTS", "PYC_DIMS", "export_module", "main"]
 
@@ -150,7 +151,8 @@ def export_module(result_path: str | os.PathLike, out_dir: str | os.PathLike,
     """Write every constant of one module result file; returns the written files.
 
     ``pdu`` defaults to the module's quadrant name. Existing files are refused unless
-    ``overwrite``. Files are written as ``<name>.tmp`` and renamed when complete.
+    ``overwrite``. Files are written under a temporary name of this job
+    (``<name>.<host>-<pid>.tmp``) and renamed when complete.
     """
     path = Path(result_path)
     out = Path(out_dir)
@@ -198,15 +200,20 @@ def export_module(result_path: str | os.PathLike, out_dir: str | os.PathLike,
     written = []
     for spec, target, data in jobs:
         dsname = f"/{pdu}/{spec.name}/0"
-        tmp = target.with_name(target.name + ".tmp")
-        with h5py.File(tmp, "w") as g:
-            ds = g.create_dataset(f"{dsname}/data", data=data.astype(spec.dtype, copy=False))
-            ds.attrs["dims"] = list(spec.dims)
-            g.attrs.update(common)
-            g.attrs["calibration"] = spec.name
-            g.attrs["data_set_name"] = dsname
-            g.attrs["layout_status"] = spec.status
-        os.replace(tmp, target)
+        tmp = tmp_name(target)
+        try:
+            with h5py.File(tmp, "w") as g:
+                ds = g.create_dataset(f"{dsname}/data",
+                                      data=data.astype(spec.dtype, copy=False))
+                ds.attrs["dims"] = list(spec.dims)
+                g.attrs.update(common)
+                g.attrs["calibration"] = spec.name
+                g.attrs["data_set_name"] = dsname
+                g.attrs["layout_status"] = spec.status
+            os.replace(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         written.append(target)
     return written
 

@@ -22,11 +22,12 @@ from mpi4py import MPI
 
 from . import __version__
 from .config import Config
-from .errors import CalibError
+from .errors import CalibError, OutputError
 from .facilities import facility
 from .gather import gather_run, release_node_buffers
+from .guard import OutputLocks, add_cleanup, leftover_tmps, preflight, share_job_tag
 from .join import ResultPart, write_module
-from .parallel import rank_threads, resolve_driver, share_cores
+from .parallel import agree, rank_threads, resolve_driver, share_cores
 from .plan import Plan
 from .preprocess import format_record, make_plan, output_path, record_path, write_record
 from .readers.xfel import add_counts
@@ -168,24 +169,63 @@ def report_plan(cfg: Config, comm: MPI.Comm, plan: Plan | None, record: dict) ->
         log.info("plan: %d run(s), %d module(s), %d cells, %d rank(s), %d thread(s) on "
                  "rank 0", len(plan.runs), len(plan.modules), plan.n_cells, comm.size,
                  rank_threads(cfg.threads))
-        if "preprocess" in cfg.steps and not cfg.dry_run:
-            write_record(record, record_path(cfg))
-            log.info("preprocess record: %s", record_path(cfg))
     if cfg.dry_run or cfg.steps == ("preprocess",):
         if comm.rank == 0:
             print(format_record(record))
             print(plan.summary())
+        if not cfg.dry_run:
+            finish_record(cfg, comm, record)
         return True
     return False
+
+
+def finish_record(cfg: Config, comm: MPI.Comm, record: dict) -> None:
+    """Collective: write the preprocess record (rank 0) at the end of a finished job, so
+    that an aborted job never replaces the record of a finished one."""
+    if "preprocess" not in cfg.steps or cfg.dry_run:
+        return
+    err = None
+    if comm.rank == 0:
+        try:
+            write_record(record, record_path(cfg))
+            log.info("preprocess record: %s", record_path(cfg))
+        except OSError as e:
+            err = OutputError(f"{record_path(cfg)}: cannot be written ({e.strerror or e})")
+    agree(comm, err, name_rank=False)
+
+
+def take_locks(cfg: Config, comm: MPI.Comm, modules) -> OutputLocks:
+    """Collective: rank 0 locks the results of ``modules`` (creating the output directory)
+    and removes temporary files left there by earlier jobs; a lock held by another job
+    refuses this one on every rank. Call after every check that can refuse the job."""
+    locks, err = OutputLocks(), None
+    if comm.rank == 0 and "join" in cfg.steps:
+        try:
+            for note in locks.acquire([output_path(cfg, m) for m in modules]):
+                log.warning("%s", note)
+            for m in modules:
+                for old in leftover_tmps(output_path(cfg, m)):
+                    old.unlink(missing_ok=True)
+        except OutputError as e:
+            err = e
+        except OSError as e:
+            locks.release()
+            err = OutputError(f"{cfg.output_dir / cfg.measurement}: cannot be used ({e})")
+    agree(comm, err, name_rank=False)
+    for lock in comm.bcast(locks.paths, root=0):  # any rank that aborts the job removes them
+        add_cleanup(lock)
+    return locks
 
 
 def run(cfg: Config, comm: MPI.Comm) -> dict:
     """Run the configured steps; collective. Returns a summary (rank 0; {} elsewhere)."""
     started = dt.datetime.now(dt.UTC).isoformat()
     driver = resolve_driver(cfg.io_driver, comm)
+    share_job_tag(comm)
     share_cores(comm)
     t0 = time.monotonic()
     _check_steps(cfg)
+    preflight(cfg, comm, driver)
     if comm.rank == 0:
         log.info("I/O driver %s", driver)
     if cfg.measurement == "drscs":
@@ -195,6 +235,17 @@ def run(cfg: Config, comm: MPI.Comm) -> dict:
     plan, record = make_plan(comm, cfg)
     if report_plan(cfg, comm, plan, record):
         return {"plan": plan, "record": record}
+    locks = take_locks(cfg, comm, plan.modules)
+    try:
+        return _compute(cfg, comm, plan, record, driver, started, t0)
+    finally:
+        locks.release()
+
+
+def _compute(cfg: Config, comm: MPI.Comm, plan: Plan, record: dict, driver: str,
+             started: str, t0: float) -> dict:
+    """Collective: gather, process and join of a planned job; the preprocess record is
+    written at the end."""
     t_scan = time.monotonic() - t0
     fac = facility(cfg.facility)
     done = gather_and_process(comm, cfg, plan, driver)
@@ -212,6 +263,7 @@ def run(cfg: Config, comm: MPI.Comm) -> dict:
                          attrs, ex)
             outputs.append(output_path(cfg, m))
     t_join = time.monotonic() - t1
+    finish_record(cfg, comm, record)
     if comm.rank == 0 and outputs and (cfg.plot or cfg.export):
         _after_run(cfg, outputs)
     timing = finish_timing(cfg, comm, t0, done.bytes_read, {

@@ -23,7 +23,7 @@ from mpi4py import MPI
 from . import __version__
 from .config import Config
 from .errors import CalibError, DataError, OutputError
-from .join import tmp_name
+from .guard import leftover_tmps, tmp_name
 from .parallel import agree
 from .plan import Plan, build_plan, build_plan_cfel, format_ranges
 from .readers import cfel
@@ -123,14 +123,15 @@ def check_outputs(cfg: Config, listing: dict) -> tuple[list[int], list[str]]:
     Returns the modules to compute and notes for the user. A complete result made with the
     same configuration and the same input files (paths, sizes, modification times) is kept
     and the module skipped; a different existing result is an :class:`OutputError` unless
-    ``overwrite`` is set. A ``.tmp`` file left by an interrupted run is discarded.
+    ``overwrite`` is set. A temporary file left by an interrupted run is noted (and removed
+    once the job holds the result's lock, :func:`calib_mpi.pipeline.take_locks`).
     """
     todo, notes = [], []
     wanted = _science(json.loads(json.dumps(cfg.as_dict(), default=str)))
     for m in sorted({m for (_, m) in listing}):
         final = output_path(cfg, m)
-        if tmp_name(final).exists():
-            notes.append(f"module {m}: {tmp_name(final)} is left from an interrupted run; "
+        for old in leftover_tmps(final):
+            notes.append(f"module {m}: {old} is left from an interrupted run; "
                          "computing this module from the start")
         if not final.exists():
             todo.append(m)
@@ -359,6 +360,10 @@ def make_plan(comm: MPI.Comm, cfg: Config, check: bool = True) -> tuple[Plan | N
         raise err
     listing, missing, todo, notes, runs = comm.bcast((listing, missing, todo, notes, runs),
                                                      root=0)
+    if not listing:
+        raise DataError(f"nothing to compute: no module has files in every run (modules "
+                        f"{', '.join(f'{m} missing from run(s) {r}' for m, r in missing.items())}"
+                        "; missing_modules = skip left out all of them)")
     if not todo:
         return None, {"notes": notes, "modules_missing": missing}
     listing = {k: v for k, v in listing.items() if k[1] in todo}
@@ -397,7 +402,7 @@ def make_plan(comm: MPI.Comm, cfg: Config, check: bool = True) -> tuple[Plan | N
 def write_record(record: dict, path: Path) -> None:
     """Write the preprocess record atomically (rank 0)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = tmp_name(path)
     tmp.write_text(json.dumps(record, indent=1) + "\n")
     os.replace(tmp, path)
 

@@ -1,0 +1,254 @@
+"""Faults of the job itself (issue 17): concurrent jobs, write errors, nothing to do, bad
+output locations, signals. Each job ends with a truthful exit code and one message, no rank
+hangs (``run_mpi`` has a timeout), and the disk holds what the README's "What happens when
+things go wrong" table says: no temporary file, no lock, old results untouched."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import h5py
+import pytest
+
+from calib_mpi import guard
+from calib_mpi.mpienv import clean_environ
+
+from .conftest import MPI_ENV, VENV_BIN, run_mpi
+
+pytestmark = pytest.mark.mpi
+
+RESULT = "dark/dark_AGIPD00_xfel.h5"
+
+
+def _leftovers(out: Path) -> list[Path]:
+    """Temporary files and locks under ``out``."""
+    if not out.exists():
+        return []
+    return sorted(p for p in out.rglob("*") if p.suffix in (".tmp", ".lock"))
+
+
+def _our_lines(stderr: str) -> list[str]:
+    """Lines calib-mpi wrote (without mpirun's report of the exit code)."""
+    return [ln for ln in stderr.splitlines() if ln.startswith(("calib-mpi", "[calib-mpi"))]
+
+
+def _config(rs, tmp_path: Path, out: Path, name: str = "run.conf", **extra) -> Path:
+    return rs.config(tmp_path / name, out, **extra)
+
+
+def test_lock_held_by_a_running_job_refuses_the_second(dark_set, tmp_path):
+    """A lock of a live process (this test) refuses the job before anything is read; the
+    lock and the result directory stay as they were."""
+    out = tmp_path / "out"
+    (out / "dark").mkdir(parents=True)
+    lock = out / (RESULT + ".lock")
+    holder = {"host": socket.gethostname(), "pid": os.getpid(), "job": "x",
+              "proc_start": guard._proc_start(os.getpid()), "started": "2026-01-01T00:00:00Z"}
+    lock.write_text(json.dumps(holder))
+    r = run_mpi(2, [_config(dark_set, tmp_path, out)], timeout=90)
+    assert r.returncode == 2, r.output
+    assert "being written by another job" in r.stderr and f"pid {os.getpid()}" in r.stderr
+    assert str(lock) in r.stderr and "Traceback" not in r.stderr
+    assert json.loads(lock.read_text()) == holder
+    assert not (out / RESULT).exists()
+
+
+def test_stale_lock_is_taken_over(tmp_path):
+    """A lock of a process of this host that no longer runs is taken over with a warning."""
+    result = tmp_path / "d" / "r.h5"
+    result.parent.mkdir()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    Path(f"{result}.lock").write_text(json.dumps(
+        {"host": socket.gethostname(), "pid": dead.pid, "job": "old", "started": "then"}))
+    locks = guard.OutputLocks()
+    notes = locks.acquire([result])
+    assert len(notes) == 1 and f"pid {dead.pid}" in notes[0] and "no longer runs" in notes[0]
+    assert json.loads(Path(f"{result}.lock").read_text())["pid"] == os.getpid()
+    with pytest.raises(guard.OutputError, match="being written by another job"):
+        guard.OutputLocks().acquire([result])  # a live holder (this process) refuses
+    locks.release()
+    assert not Path(f"{result}.lock").exists()
+
+
+def test_two_concurrent_jobs_never_swap_results(dark_set, tmp_path):
+    """Two jobs with different settings on one output directory, started together: one
+    writes its own constants, the other is refused (lock held, or results exist already)."""
+    out = tmp_path / "out"
+    env = clean_environ(MPI_ENV)
+    procs = {}
+    for sigma in ("4", "6"):
+        conf = _config(dark_set, tmp_path, out, name=f"s{sigma}.conf", offset_sigma=sigma)
+        procs[sigma] = subprocess.Popen(
+            ["mpirun", "-n", "2", str(VENV_BIN / "calib-mpi"), str(conf)], env=env,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    res = {}
+    for sigma, p in procs.items():
+        try:
+            res[sigma] = (p.wait(timeout=120), p.stderr.read())
+        except subprocess.TimeoutExpired:
+            for q in procs.values():
+                os.killpg(q.pid, signal.SIGKILL)
+            pytest.fail("concurrent jobs hung")
+    codes = sorted(c for c, _ in res.values())
+    assert codes == [0, 2], res
+    winner = next(s for s, (c, _) in res.items() if c == 0)
+    loser_err = next(e for c, e in res.values() if c == 2)
+    assert ("being written by another job" in loser_err
+            or "results exist already" in loser_err), loser_err
+    with h5py.File(out / RESULT) as f:
+        assert json.loads(f.attrs["config"])["offset_sigma"] == float(winner)
+    assert _leftovers(out) == []
+
+
+@pytest.mark.parametrize("n,fail_rank", [(1, 0), (2, 1), (4, 2)])
+def test_write_error_ends_every_rank_with_exit_2(dark_set, tmp_path, n, fail_rank):
+    """An error in the collective write (injected ENOSPC on one rank) ends the job on every
+    rank with exit 2 and one message; no temporary file, no lock, no result."""
+    out = tmp_path / "out"
+    r = run_mpi(n, [_config(dark_set, tmp_path, out)], timeout=90,
+                env={"CALIB_MPI_TEST_FAIL_WRITE": f"rank={fail_rank}"})
+    assert r.returncode == 2, r.output
+    assert f"failed on rank {fail_rank}: No space left on device" in r.stderr
+    assert "job aborted" in r.stderr and "Traceback" not in r.stderr
+    assert _leftovers(out) == [] and not (out / RESULT).exists()
+    assert not (out / "dark" / "preprocess.json").exists()
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A 1 MB tmpfs (root only): too small for a module result (~2.7 MB)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (the injected write error covers the rest)")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], check=True)
+    yield mnt
+    _umount(mnt)
+
+
+def _umount(mnt: Path) -> None:
+    """Unmount, waiting for ranks of an aborted job that are still exiting."""
+    for _ in range(50):
+        if subprocess.run(["umount", str(mnt)], capture_output=True).returncode == 0:
+            return
+        time.sleep(0.2)
+    subprocess.run(["umount", "-l", str(mnt)], check=True)
+
+
+def test_full_file_system_is_refused_before_writing(dark_set, tmp_path, small_fs):
+    """A result that does not fit: exit 2 naming the file and how much is missing."""
+    r = run_mpi(2, [_config(dark_set, tmp_path, small_fs)], timeout=90)
+    assert r.returncode == 2, r.output
+    assert "not enough room for dark_AGIPD00_xfel.h5" in r.stderr and "missing" in r.stderr
+    assert _leftovers(small_fs) == [] and not list(small_fs.rglob("*.h5"))
+
+
+def test_real_enospc_mid_write_does_not_hang(dark_set, tmp_path, small_fs):
+    """Without the room check, HDF5 meets ENOSPC inside the collective write: the job still
+    ends with exit 2 on every rank (it used to hang with 2 ranks, segfault with 1)."""
+    r = run_mpi(2, [_config(dark_set, tmp_path, small_fs)], timeout=90,
+                env={"CALIB_MPI_TEST_NO_ROOM_CHECK": "1"})
+    assert r.returncode == 2, r.output
+    assert "job aborted" in r.stderr
+    assert _leftovers(small_fs) == [] and not list(small_fs.rglob("*.h5"))
+
+
+def test_every_module_skipped_is_an_error(dark_set, tmp_path):
+    rs = dark_set.copy(tmp_path / "raw")
+    for f in (rs.raw / "r9002").iterdir():
+        f.unlink()
+    out = tmp_path / "out"
+    r = run_mpi(2, [_config(rs, tmp_path, out, missing_modules="skip")], timeout=90)
+    assert r.returncode == 2, r.output
+    assert "nothing to compute" in r.stderr and "missing from run(s) [9002]" in r.stderr
+    assert not out.exists()
+
+
+def test_unusable_output_location_is_refused_before_reading(dark_set, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    r = run_mpi(2, [_config(dark_set, tmp_path, blocker / "out")], timeout=60)
+    assert r.returncode == 2, r.output
+    assert f"{blocker} is not a directory" in r.stderr
+    assert "Traceback" not in r.stderr and len(_our_lines(r.stderr)) == 1
+    if os.geteuid() == 0:
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(ro)],
+                       check=True)
+    else:
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o500)
+    try:
+        r = run_mpi(1, [_config(dark_set, tmp_path, ro / "out")], timeout=60)
+    finally:
+        if os.geteuid() == 0:
+            _umount(ro)
+    assert r.returncode == 2, r.output
+    assert f"{ro}" in r.stderr and ("read-only" in r.stderr or "not writable" in r.stderr)
+    assert "Traceback" not in r.stderr
+
+
+def test_posix_driver_with_several_ranks_is_refused_before_reading(dark_set, tmp_path):
+    out = tmp_path / "out"
+    r = run_mpi(2, [_config(dark_set, tmp_path, out, io_driver="posix")], timeout=60)
+    assert r.returncode == 2, r.output
+    assert "io_driver = posix" in r.stderr and "2 ranks" in r.stderr
+    assert len(_our_lines(r.stderr)) == 1 and not out.exists()
+
+
+def _ranks_of(mpirun: subprocess.Popen) -> list[int]:
+    """Process ids of the children of a ``mpirun`` this test started."""
+    pids = []
+    for task in Path(f"/proc/{mpirun.pid}/task").iterdir():
+        pids += [int(x) for x in (task / "children").read_text().split()]
+    return pids
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_removes_temporary_files(dark_set, tmp_path, sig, code):
+    """SIGTERM/SIGINT to the ranks while the result is being written: "interrupted", exit
+    128 + signal, no temporary file, no lock, no result."""
+    out = tmp_path / "out"
+    env = clean_environ({**MPI_ENV, "CALIB_MPI_TEST_PAUSE_WRITE": "60"})
+    p = subprocess.Popen(["mpirun", "-n", "2", str(VENV_BIN / "calib-mpi"),
+                          str(_config(dark_set, tmp_path, out))], env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True)
+    try:
+        deadline = time.monotonic() + 90
+        while not (out / "dark").is_dir() or not list((out / "dark").glob("*.tmp")):
+            assert p.poll() is None and time.monotonic() < deadline, p.communicate()
+            time.sleep(0.2)
+        for pid in _ranks_of(p):
+            os.kill(pid, sig)
+        _, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+    assert p.returncode == code, err
+    assert f"interrupted ({sig.name})" in err
+    assert _leftovers(out) == [] and not (out / RESULT).exists()
+
+
+def test_aborted_overwrite_keeps_old_results_and_record(dark_set, tmp_path):
+    out = tmp_path / "out"
+    r = run_mpi(2, [_config(dark_set, tmp_path, out)], timeout=90)
+    assert r.returncode == 0, r.output
+    record = (out / "dark" / "preprocess.json").read_bytes()
+    old = (out / RESULT).read_bytes()
+    r = run_mpi(2, [_config(dark_set, tmp_path, out, name="b.conf"), "--offset_sigma", "4",
+                    "--overwrite"], timeout=90, env={"CALIB_MPI_TEST_FAIL_WRITE": "rank=0"})
+    assert r.returncode == 2, r.output
+    assert f"{out / RESULT} is unchanged" in r.stderr
+    assert (out / RESULT).read_bytes() == old
+    assert (out / "dark" / "preprocess.json").read_bytes() == record
+    assert _leftovers(out) == []
