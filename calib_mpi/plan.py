@@ -12,7 +12,14 @@ import numpy as np
 
 from .geometry import N_ASICS
 from .readers import cfel
-from .readers.xfel import DUP_TRAIN, ISOLATED, NON_MONOTONIC, FileIndex, add_counts
+from .readers.xfel import (
+    DUP_TRAIN,
+    ISOLATED,
+    NON_MONOTONIC,
+    FileIndex,
+    add_counts,
+    drop_outlier_cells,
+)
 
 #: memory-cell settings of European XFEL ("Memory cells" condition)
 CELL_SETTINGS = (4, 32, 64, 76, 128, 176, 202, 250, 352)
@@ -65,6 +72,10 @@ class Plan:
     #: input layout (``calib_mpi.facilities``): ``xfel`` (FileIndex per sequence file, train
     #: axis of train IDs) or ``cfel`` (PartIndex per part, train axis of train positions)
     facility: str = "xfel"
+    #: run_index -> {cell: frames left out} of outlier cell IDs (XFEL, drop_outlier_cells)
+    outlier_cells: dict = field(default_factory=dict)
+    #: cell IDs found in the data beyond the configured n_cells: {cell: frames} (XFEL)
+    cells_beyond: dict = field(default_factory=dict)
 
     def units_of(self, rank: int) -> list[Unit]:
         return self.owners[rank]
@@ -256,13 +267,17 @@ def build_plan(runs: tuple[int, ...], modules: tuple[int, ...], files: dict, n_r
     are cleaned in place (repeated, out-of-order and isolated train IDs left out and counted).
     ``n_cells`` 0 means ``max(cell) + 1`` over all files of all runs.
     """
+    outliers = {}
     for ri in range(len(runs)):
         drop_isolated_trains([fi for m in modules for fi in files[(ri, m)]], max_train_gap)
         for m in modules:
             clean_module_trains(files[(ri, m)])
+        outliers[ri] = drop_outlier_cells([fi for m in modules for fi in files[(ri, m)]])
     max_cell = max((fi.max_cell for fl in files.values() for fi in fl), default=-1)
     if n_cells <= 0:
         n_cells = max_cell + 1
+    per_cell = np.sum([fi.cell_trains for fl in files.values() for fi in fl], axis=0)
+    beyond = {int(c): int(per_cell[c]) for c in np.nonzero(per_cell)[0] if c >= n_cells}
     owners = assign_units(modules, n_ranks)
     train_axis, rounds, trains_used, dropped = {}, {}, {}, {}
     for ri in range(len(runs)):
@@ -279,7 +294,8 @@ def build_plan(runs: tuple[int, ...], modules: tuple[int, ...], files: dict, n_r
         rounds[ri] = assign_reads(slabs, owners)
     return Plan(runs=tuple(runs), modules=tuple(modules), n_cells=n_cells, n_ranks=n_ranks,
                 files=files, train_axis=train_axis, owners=owners, rounds=rounds,
-                trains_used=trains_used, dropped=dropped)
+                trains_used=trains_used, dropped=dropped, outlier_cells=outliers,
+                cells_beyond=beyond)
 
 
 def build_plan_cfel(runs: tuple[int, ...], module: int, parts: dict, n_ranks: int,

@@ -162,6 +162,22 @@ def check_outputs(cfg: Config, listing: dict) -> tuple[list[int], list[str]]:
     return todo, notes
 
 
+def cell_notes(cfg: Config, plan: Plan) -> list[str]:
+    """Warnings about cell IDs: outliers left out per run, and cells beyond ``n_cells``."""
+    notes = []
+    for ri, cells in plan.outlier_cells.items():
+        if cells:
+            listed = ", ".join(f"{c} ({n} frame(s))" for c, n in sorted(cells.items()))
+            notes.append(f"run {plan.runs[ri]}: cell ID(s) {listed} seen in very few trains "
+                         "of a run with a fixed cell set: frames left out as faults")
+    if plan.cells_beyond:
+        cells = sorted(plan.cells_beyond)
+        notes.append(f"n_cells = {plan.n_cells}, but the data have cells up to {cells[-1]}: "
+                     f"{sum(plan.cells_beyond.values())} frame(s) of cell(s) "
+                     f"{format_ranges(np.array(cells))} are left out")
+    return notes
+
+
 def plan_record(plan: Plan, cfg: Config, missing: dict, notes: list[str]) -> dict:
     """The preprocess record: what was found in the files and what was left out, and why."""
     rec: dict = {"calib_mpi_version": __version__,
@@ -201,6 +217,7 @@ def plan_record(plan: Plan, cfg: Config, missing: dict, notes: list[str]) -> dic
         rec["runs"].append({
             "run": run,
             "cells_in_use": format_ranges(np.nonzero(present)[0]),
+            "outlier_cells": {str(c): n for c, n in plan.outlier_cells.get(ri, {}).items()},
             "trains": {"count": int(len(axis)),
                        "first": int(axis[0]) if len(axis) else None,
                        "last": int(axis[-1]) if len(axis) else None},
@@ -301,6 +318,7 @@ def _combine_xfel(cfg: Config, listing: dict, merged: dict, todo: list[int], n_r
              for key, paths in listing.items()}
     plan = build_plan(cfg.runs, tuple(todo), files, n_ranks, cfg.chunk_frames, cfg.n_cells,
                       cfg.max_train_gap)
+    notes = notes + cell_notes(cfg, plan)
     for (ri, m), fl in files.items():
         if not any(len(fi.train_ids) for fi in fl):
             raise DataError(f"run {cfg.runs[ri]}, module {m}: no usable train in "

@@ -60,6 +60,7 @@ def _dropped(out, module):
     ("duplicate_train", r.DUP_TRAIN),
     ("out_of_order", r.NON_MONOTONIC),
     ("bad_cell", r.BAD_CELL),
+    ("outlier_cell", r.CELL_OUTLIER),
     ("repeated_cell", r.DUP_CELL),
     ("tid_mismatch", r.TID_MISMATCH),
 ])
@@ -102,6 +103,7 @@ def test_interleaved_2017_mode(tmp_path):
 def test_cell_ids_beyond_n_cells_are_counted(tmp_path):
     p, raw, out, res = _run_set(tmp_path, conf_extra={"n_cells": 2})
     assert res.returncode == 0, res.output
+    assert "n_cells = 2, but the data have cells up to 2" in res.stderr
     with h5py.File(raw / "truth.h5") as t, \
             h5py.File(out / "dark" / "dark_AGIPD01_xfel.h5") as f:
         assert f["offset"].shape[1] == 2

@@ -18,6 +18,8 @@ import pytest
 
 from calib_mpi import guard
 from calib_mpi.mpienv import clean_environ
+from calib_mpi.readers import xfel
+from calib_mpi.synthetic.xfel import DarkRunSet, write_config, write_dark_runs
 
 from .conftest import MPI_ENV, VENV_BIN, run_mpi
 
@@ -169,6 +171,24 @@ def test_every_module_skipped_is_an_error(dark_set, tmp_path):
     assert r.returncode == 2, r.output
     assert "nothing to compute" in r.stderr and "missing from run(s) [9002]" in r.stderr
     assert not out.exists()
+
+
+def test_corrupt_cell_id_is_left_out_as_an_outlier(tmp_path):
+    """One frame with cellId 100 in a 3-cell run: the cell axis stays 3, the frame is left
+    out, counted and named (plan, record, warning). Values: test_mpi_faults."""
+    p = DarkRunSet(n_cells=3, n_trains=12, n_sequences=2, defects=False,
+                   faults=(("outlier_cell", 1, 6),))
+    write_dark_runs(tmp_path / "raw", p)
+    out = tmp_path / "out"
+    conf = write_config(tmp_path / "run.conf", tmp_path / "raw", out, p, steps="preprocess")
+    r = run_mpi(1, [conf], timeout=60)
+    assert r.returncode == 0, r.output
+    assert "cell ID(s) 100 (1 frame(s)) seen in very few trains" in r.stderr
+    rec = json.loads((out / "dark" / "preprocess.json").read_text())
+    assert rec["n_cells"] == 3
+    for run in rec["runs"]:
+        assert run["outlier_cells"] == {"100": 1} and run["cells_in_use"] == "0-2"
+        assert run["modules"]["1"]["left_out"][xfel.CELL_OUTLIER] == 1
 
 
 def test_unusable_output_location_is_refused_before_reading(dark_set, tmp_path):

@@ -35,6 +35,9 @@ TID_MISMATCH = "frame trainId differs from INDEX (frames)"
 BAD_CELL = f"cellId beyond {MAX_CELLS} cells (frames)"
 DUP_CELL = "cellId repeated within a train (frames)"
 CELL_RANGE = "cellId >= n_cells (frames)"
+CELL_OUTLIER = "cellId seen in very few trains of the run (frames)"
+#: a cell seen in at most this many trains of a file keeps its frame list (outlier candidate)
+RARE_TRAINS = 10
 NO_PAIR = "analog or digital frame missing, interleaved mode (frames)"
 
 
@@ -62,6 +65,9 @@ class FileIndex:
     train_max_cell : (n_trains,) largest cell with a good frame in each used train (-1: none);
         cells are cellId, or cellId // 2 in interleaved mode.
     cells_present : (352,) bool, cells with good frames in the file.
+    cell_trains : (352,) int64, number of used trains with a good frame of each cell.
+    rare_cells : cell -> (frame indices, their train IDs) of the cells seen in at most
+        ``RARE_TRAINS`` trains of the file (candidates for :func:`drop_outlier_cells`).
     interleaved : 2017 mode, analog and digital as separate frames.
     dropped : reason -> number of trains or frames left out.
     rejected_ids : reason -> train IDs left out for that reason (for the preprocess record).
@@ -80,6 +86,8 @@ class FileIndex:
     interleaved: bool = False
     dropped: dict = field(default_factory=dict)
     rejected_ids: dict = field(default_factory=dict)
+    cell_trains: np.ndarray = field(default_factory=lambda: np.zeros(MAX_CELLS, np.int64))
+    rare_cells: dict = field(default_factory=dict)
 
     @property
     def max_cell(self) -> int:
@@ -103,6 +111,26 @@ class FileIndex:
         self.train_ids, self.first, self.count = (self.train_ids[keep], self.first[keep],
                                                   self.count[keep])
         self.train_max_cell = self.train_max_cell[keep]
+
+    def drop_cell(self, cell: int, reason: str) -> int:
+        """Leave out the frames of a rare ``cell`` (in ``rare_cells``) of the used trains,
+        counting them; returns how many."""
+        frames, tids = self.rare_cells.pop(cell, (np.zeros(0, np.int64), np.zeros(0)))
+        frames = frames[np.isin(tids, self.train_ids)]
+        if not len(frames):
+            return 0
+        add_counts(self.dropped, {reason: len(frames)})
+        self.bad_frames = np.union1d(self.bad_frames, frames)
+        self.cells_present[cell] = False
+        self.cell_trains[cell] = 0
+        top = int(np.nonzero(self.cells_present)[0].max(initial=-1))
+        inside = (frames[:, None] >= self.first) & (frames[:, None] < self.first + self.count)
+        for i in np.nonzero(inside.any(axis=0))[0]:
+            span = np.arange(self.first[i], self.first[i] + self.count[i])
+            if np.isin(span, self.bad_frames).all():
+                self.train_max_cell[i] = -1
+        self.train_max_cell = np.minimum(self.train_max_cell, top)
+        return len(frames)
 
     def frame_train_index(self, start: int, stop: int) -> np.ndarray:
         """For frames ``start:stop``, the index into ``train_ids`` of their train, -1 if none."""
@@ -346,12 +374,49 @@ def scan_file(path: Path, source: str, run: int, module: int,
     bad, counts = _frame_checks(ids, first, count, frame_tid, cell_id, interleaved)
     add_counts(dropped, counts)
     train_max, present = _cell_summary(ids, first, count, bad, cell_id, interleaved)
+    cell_trains, rare = _cell_trains(ids, first, count, bad, cell_id, interleaved)
     if interleaved:
         add_counts(dropped, {NO_PAIR: _unpaired(first, count, bad, cell_id)})
     return FileIndex(path=str(path), source=source, n_frames=n_frames, chunk_frames=int(chunk),
                      train_ids=ids, first=first, count=count, bad_frames=bad,
                      train_max_cell=train_max, cells_present=present, interleaved=interleaved,
-                     dropped=dropped, rejected_ids=rejected)
+                     dropped=dropped, rejected_ids=rejected, cell_trains=cell_trains,
+                     rare_cells=rare)
+
+
+def _cell_trains(ids, first, count, bad, cell_id, interleaved) -> tuple[np.ndarray, dict]:
+    """Per cell the number of used trains with a good frame of it, and the frames (with
+    their train IDs) of the cells seen in at most ``RARE_TRAINS`` trains."""
+    frames, train = _good_frames(first, count, bad)
+    cells = cell_id[frames] // 2 if interleaved else cell_id[frames]
+    pairs = np.unique(train * MAX_CELLS + cells)
+    n = np.bincount(pairs % MAX_CELLS, minlength=MAX_CELLS).astype(np.int64)
+    rare = {}
+    for c in np.nonzero((n > 0) & (n <= RARE_TRAINS))[0]:
+        sel = cells == c
+        rare[int(c)] = (frames[sel], ids[train[sel]])
+    return n, rare
+
+
+def drop_outlier_cells(files: list[FileIndex]) -> dict[int, int]:
+    """Leave out the frames of cell IDs that are faults: in a run whose trains carry a fixed
+    cell set, a cell seen in very few trains (at most 1 % of the module-trains, at most 10,
+    and at most a quarter of the typical cell's count) over all ``files`` of the run.
+    Returns cell -> frames left out (counted as ``CELL_OUTLIER`` in each file)."""
+    if not files:
+        return {}
+    n = np.sum([fi.cell_trains for fi in files], axis=0)
+    seen = n > 0
+    if seen.sum() < 2:
+        return {}
+    typical = float(np.median(n[seen]))
+    limit = max(1, min(RARE_TRAINS, sum(len(fi.train_ids) for fi in files) // 100))
+    out = {}
+    for c in np.nonzero(seen & (n <= limit) & (4 * n <= typical))[0]:
+        k = sum(fi.drop_cell(int(c), CELL_OUTLIER) for fi in files)
+        if k:
+            out[int(c)] = k
+    return out
 
 
 def _good_frames(first, count, bad) -> tuple[np.ndarray, np.ndarray]:

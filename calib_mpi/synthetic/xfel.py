@@ -81,6 +81,7 @@ FAULTS = {
     "duplicate_train": "the train appears a second time right after itself: copy left out",
     "out_of_order": "an extra train with the ID of an earlier (lost) train: left out",
     "bad_cell": "an extra frame with cellId 1000 in the train: left out",
+    "outlier_cell": "an extra frame with cellId 100 in the train: left out as a cell outlier",
     "repeated_cell": "an extra frame repeating cellId 0 in the train: left out",
     "tid_mismatch": "an extra frame whose image/trainId differs from the INDEX: left out",
 }
@@ -275,6 +276,8 @@ def write_dark_runs(out_dir: Path | str, p: DarkRunSet | None = None) -> Path:
                                 tr.add(np.stack([a[c], dg[c]]), c)
                         if "bad_cell" in kinds:
                             tr.add(_garbage(), 1000)
+                        if "outlier_cell" in kinds:
+                            tr.add(_garbage(), 100)
                         if "repeated_cell" in kinds:
                             tr.add(_garbage(), 0)
                         if "tid_mismatch" in kinds:
