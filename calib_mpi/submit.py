@@ -102,6 +102,10 @@ def build_parser() -> configargparse.ArgParser:
                    help="environment variable exported in the job (repeatable)")
     g.add_argument("--venv", help="virtual environment to activate (default: the one running "
                    f"{PROG}; 'none': activate nothing)")
+    g.add_argument("--activate", metavar="LINE",
+                   help="shell line that makes calib-mpi available in the job, run after the "
+                   "module loads, e.g. 'source /path/to/conda/bin/activate calib' (replaces "
+                   "the venv activation unless --venv is given too)")
     g.add_argument("--template", help=f"batch-script template (default: {default_template()})")
     g = p.add_argument_group("output")
     g.add_argument("--log-dir", "--log_dir",
@@ -163,7 +167,7 @@ def job_values(args: configargparse.Namespace, config: Path, calib_args: list[st
         raise SubmitError(f"log directory {str(log_dir)!r}: SLURM cannot take blanks here")
     modules = _words(args.module_load)
     sbatch = _words(args.sbatch)
-    venv = _venv(args.venv)
+    venv = _venv("none" if args.activate and args.venv is None else args.venv)
     cpus = args.cpus_per_task
     if args.launcher == "mpirun":
         # Open MPI would bind each of one or two ranks to a single core
@@ -184,7 +188,11 @@ def job_values(args: configargparse.Namespace, config: Path, calib_args: list[st
         "ACCOUNT": args.account or None,
         "LOG_DIR": str(log_dir),
         "EXTRA_SBATCH": "\n".join(f"#SBATCH {o}" for o in sbatch) or None,
-        "MODULE_LOADS": "\n".join(f"module load {shlex.quote(m)}" for m in modules) or None,
+        # batch shells are not login shells: make sure 'module' is defined before using it
+        "MODULE_LOADS": "\n".join(
+            ["type module >/dev/null 2>&1 || source /etc/profile.d/modules.sh"]
+            + [f"module load {shlex.quote(m)}" for m in modules]) if modules else None,
+        "ACTIVATE": args.activate.strip() if args.activate else None,
         "VENV": shlex.quote(str(venv)) if venv else None,
         "ENV_EXPORTS": "\n".join(exports) or None,
         "LAUNCH": launch,

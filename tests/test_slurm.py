@@ -151,6 +151,30 @@ def test_cluster_conf_gives_defaults_and_command_line_wins(capsys, conf, site):
     assert sbatch_lines(script)["partition"] == "exfel-gpu"
 
 
+def test_shipped_cluster_conf_partition_time_modules(capsys, conf, site):
+    """The cluster file shipped with calib-mpi sets partition, time and the MPI module."""
+    shutil.copy(REPO / "calib_mpi" / "data" / "facility_specifics" / "cluster.conf",
+                site / "cluster.conf")
+    script = dry_run(capsys, conf)
+    sb = sbatch_lines(script)
+    assert (sb["partition"], sb["time"]) == ("upex", "02:00:00")
+    assert ("type module >/dev/null 2>&1 || source /etc/profile.d/modules.sh\n"
+            "module load mpi/openmpi-x86_64\n") in script
+    assert script.index("module load") < script.index("activate") < script.index("mpirun")
+
+
+def test_activate_line_replaces_the_venv(capsys, conf, site, tmp_path):
+    line = "source /opt/conda/bin/activate calib"
+    (site / "cluster.conf").write_text(f"activate = {line}\n")
+    script = dry_run(capsys, conf)
+    assert f"\n{line}\n" in script and "bin/activate\n" not in script
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "activate").touch()
+    script = dry_run(capsys, conf, "--venv", venv)
+    assert f"\n{line}\nsource {venv}/bin/activate\n" in script
+
+
 def test_relative_config_and_calib_overrides(capsys, conf, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     script = dry_run(capsys, "run.conf", "--", "--output_dir", "elsewhere")
@@ -442,6 +466,12 @@ def test_real_slurm_dark_job(slurm_cluster, dark_set, tmp_path, launcher, cpus):
     if cpus > slurm_cluster["cpus"]:
         pytest.skip(f"{cpus} cores per task need a node with as many")
     ranks = min(2, slurm_cluster["cpus"] // cpus)
+    # a site without the shipped (Maxwell) defaults: no environment modules here
+    fac = tmp_path / "facility"
+    fac.mkdir()
+    shutil.copy(facility_dir() / "xfel.conf", fac / "xfel.conf")
+    (fac / "cluster.conf").write_text("# this site sets nothing\n")
+    env["CALIB_MPI_FACILITY_DIR"] = str(fac)
     cluster_conf = tmp_path / "cluster.conf"
     cluster_conf.write_text("# this test's cluster\npartition = debug\n")
     cmd = [sys.executable, "-m", "calib_mpi.submit", str(conf), "--cluster-conf",
