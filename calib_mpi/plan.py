@@ -170,7 +170,8 @@ def make_slabs(run_index: int, module: int, files: list[FileIndex],
 def monotonic_mask(ids: np.ndarray) -> np.ndarray:
     """Keep the longest increasing sequence of train IDs, as EXtra-data does.
 
-    At every step down, the side (before or after) that needs fewer IDs dropped loses them.
+    At every step down, the side (before or after) that needs fewer IDs dropped loses them; on
+    a tie the later side (EXtra-data's guess for format 0.5 files, which have no INDEX/flag).
     Returns a bool mask of the IDs to keep.
     """
     keep = np.ones(len(ids), bool)
@@ -183,7 +184,7 @@ def monotonic_mask(ids: np.ndarray) -> np.ndarray:
         i = down[0] + 1
         before = v[:i] >= v[i]
         after = v[i:] <= v[i - 1]
-        if before.sum() <= after.sum():
+        if before.sum() < after.sum():
             keep[idx[:i][before]] = False
         else:
             keep[idx[i:][after]] = False

@@ -23,7 +23,13 @@ import pytest
 from calib_mpi.errors import DataError
 from calib_mpi.plan import build_plan
 from calib_mpi.readers import xfel as r
-from calib_mpi.synthetic.xfel import GAIN_LEVEL, GAIN_OFFSET, DarkRunSet, write_config
+from calib_mpi.synthetic.xfel import (
+    GAIN_LEVEL,
+    GAIN_OFFSET,
+    DarkRunSet,
+    write_config,
+    write_dark_runs,
+)
 
 from .conftest import run_mpi
 
@@ -101,11 +107,11 @@ def layout(run_dir: Path, version: str, form: str = "unpadded", splits=(7, 8)) -
     return {"far": T0 + 5 + FAR, "no_frames": T0 + 4, "unsafe": T0 + 9 if unsafe1 else None}
 
 
-def project_view(run_dir: Path, modules=(0, 1)) -> dict:
+def project_view(run_dir: Path, modules=(0, 1), run: int = 1) -> dict:
     """calib-mpi's view: module -> (train ID -> cell IDs of its good frames, reason -> IDs)."""
-    files = {(0, m): [r.scan_file(p, src(m), 1, m)
-                      for p in r.module_files(run_dir, PATTERN, 1, m)] for m in modules}
-    build_plan((1,), tuple(modules), files, 1, 32)
+    files = {(0, m): [r.scan_file(p, src(m), run, m)
+                      for p in r.module_files(run_dir, PATTERN, run, m)] for m in modules}
+    build_plan((run,), tuple(modules), files, 1, 32)
     view = {}
     for m in modules:
         cells, left_out = {}, {}
@@ -218,6 +224,27 @@ def test_duplicate_train_ids(tmp_path, across_files):
     assert sorted(cells) == ids.tolist() and left_out == {r.DUP_TRAIN: [int(ids[4])]}
 
 
+@pytest.mark.parametrize("version", ["0.5", "1.3"])
+@pytest.mark.parametrize("order,out", [
+    ([0, 1, 2, 4, 3, 5, 6], [3]),           # a tie: the later side goes
+    ([0, 1, 2, 3, 20, 21, 4, 5], [4, 5]),   # a tie of two
+    ([5, 6, 7, 1, 2, 3, 4, 8, 9], [5, 6, 7]),
+])
+def test_train_ids_out_of_order(tmp_path, version, order, out):
+    """Format 0.5 has no flag: EXtra-data guesses the out-of-order IDs suspect, and calib-mpi
+    leaves out the same ones. Format 1.x: EXtra-data trusts the flag and returns them all."""
+    run_dir = tmp_path / "r0001"
+    run_dir.mkdir()
+    ids = [T0 + t for t in order]
+    write_seq(run_dir / PATTERN.format(run=1, module=0, seq=0), 0, ids, [2] * len(ids), version)
+    cells, left_out = project_view(run_dir, (0,))[0]
+    theirs = extra_data_view(run_dir, (0,))[0][0]
+    assert left_out == {r.NON_MONOTONIC: [T0 + t for t in out]}
+    want = sorted(set(ids) - set(left_out[r.NON_MONOTONIC])) if version == "0.5" else sorted(ids)
+    assert sorted(cells) == sorted(set(ids) - set(left_out[r.NON_MONOTONIC]))
+    assert sorted(theirs) == want
+
+
 @pytest.mark.parametrize("key", ["first", "count", "flag"])
 def test_index_shorter_than_trains_is_an_error(tmp_path, key):
     path = tmp_path / PATTERN.format(run=1, module=0, seq=0)
@@ -229,6 +256,26 @@ def test_index_shorter_than_trains_is_an_error(tmp_path, key):
         f[name] = short
     with pytest.raises(DataError, match=f"{name} has 4 entries, fewer than the 6 trains"):
         r.scan_file(path, src(0), 1, 0)
+
+
+@pytest.mark.parametrize("pad_counts", [False, True])
+def test_synthetic_writer_daq_layout(tmp_path, pad_counts):
+    """The project's own writer (``make demo``, ``make bench``) writes the DAQ layout, and
+    EXtra-data reads its runs as calib-mpi does."""
+    p = DarkRunSet(runs=(9001, 9002, 9003), n_cells=2, n_trains=10, n_sequences=2,
+                   lost_trains={1: [3]}, defects=False, faults=(("unsafe", 1, 5),),
+                   pad_index_counts=pad_counts)
+    write_dark_runs(tmp_path, p)
+    run_dir = tmp_path / "r9001"
+    with h5py.File(run_dir / PATTERN.format(run=9001, module=0, seq=0)) as f:
+        assert f["METADATA/dataFormatVersion"][0] == b"1.3"
+        assert len(f["INDEX/trainId"]) == len(f["INDEX/flag"]) == 32
+        assert len(f[f"INDEX/{src(0)}/image/count"]) == (32 if pad_counts else 5)
+    ours, theirs = project_view(run_dir, run=9001), extra_data_view(run_dir)
+    for m in (0, 1):
+        assert ours[m][0] == theirs[m][0]
+    lost = [p.first_train_id + t for t in p.lost_trains[1]]
+    assert ours[1][1] == {r.NO_FRAMES: lost, r.UNSAFE: [p.first_train_id + 5]}
 
 
 # ---- a dark job on EXtra-data-written runs ------------------------------------------------

@@ -1,8 +1,10 @@
 """Synthetic European XFEL dark run sets with known ground truth.
 
 Writes the real raw layout (``rNNNN/RAW-RNNNN-AGIPDMM-SNNNNN.h5`` with INSTRUMENT, INDEX and
-METADATA groups, ``shared/spec/formats.md`` 1.2) for three dark runs (forced high, medium, low
-gain) of a few modules, split into sequence files whose boundaries differ between modules, with
+METADATA groups, ``shared/spec/formats.md`` 1.2) as the DAQ does, format 1.3 with the
+per-train datasets (``INDEX/trainId``, ``flag``, ...) padded with zeros to blocks of 32
+entries (:func:`write_index`), for three dark runs (forced high, medium, low gain) of a few
+modules, split into sequence files whose boundaries differ between modules, with
 lost trains and a module that starts later than the others. Next to the runs, ``truth.h5``
 holds, per module:
 
@@ -51,8 +53,12 @@ class DarkRunSet:
     late_start: int = 1
     #: trailing all-zero rows appended to ``image/*`` of each file (as the DAQ does)
     padding_frames: int = 2
-    #: write the old INDEX form first/last/status instead of first/count
+    #: write the old INDEX form first/last/status (format 0.5, no INDEX/flag) instead of
+    #: format 1.3's first/count
     old_index: bool = False
+    #: pad INDEX/<source>/<group>/first|count with zeros like INDEX/trainId (the DAQ writes
+    #: both forms; by default one entry per train)
+    pad_index_counts: bool = False
     #: inject the known-bad pixels listed in :data:`DEFECTS`
     defects: bool = True
     #: 2017 interleaved mode: analog and digital as separate frames in ``data[:, 0]``
@@ -130,54 +136,101 @@ def _train_positions(p: DarkRunSet, mi: int) -> np.ndarray:
     return pos
 
 
+#: the DAQ allocates per-train datasets in blocks of this many entries, padded with zeros
+INDEX_BLOCK = 32
+#: file format written (old INDEX form: 0.5, which has no METADATA version and no INDEX/flag)
+FORMAT_VERSION = "1.3"
+
+
+def _padded(a: np.ndarray, n: int, dtype) -> np.ndarray:
+    """``a`` followed by zeros up to length ``n``."""
+    out = np.zeros((n,) + a.shape[1:], dtype)
+    out[:len(a)] = a
+    return out
+
+
+def write_index(f: h5py.File, ids: np.ndarray, flags: np.ndarray,
+                groups: dict[str, np.ndarray], old_form: bool = False,
+                pad_counts: bool = False) -> None:
+    """Write ``INDEX`` in the DAQ's layout (as EXtra-data's mock writer does).
+
+    ``INDEX/trainId``, ``timestamp``, ``flag`` (format >= 1.0) and ``origin`` have one entry
+    per train, padded with zeros to a multiple of :data:`INDEX_BLOCK`; ``groups`` maps
+    ``"<source>/<group>"`` to its per-train entry counts, written as
+    ``INDEX/<source>/<group>/first|count`` with one entry per train (``pad_counts``: padded
+    too), or ``first|last|status`` (``old_form``, format 0.5: no flag). ``ids`` (n,) train
+    IDs, ``flags`` (n,) 1 = train ID from the time server.
+    """
+    nt = len(ids)
+    n_pad = -(-max(nt, 1) // INDEX_BLOCK) * INDEX_BLOCK
+    f.create_dataset("INDEX/trainId", data=_padded(ids, n_pad, np.uint64), maxshape=(None,))
+    f.create_dataset("INDEX/timestamp", data=_padded(
+        1_600_000_000 * 10**9 + 10**8 * ids.astype(np.uint64), n_pad, np.uint64))
+    if not old_form:
+        f.create_dataset("INDEX/flag", data=_padded(flags, n_pad, np.int32))
+        f.create_dataset("INDEX/origin", data=_padded(np.full(nt, -1), n_pad, np.int32))
+    n_entries = n_pad if pad_counts else nt
+    for grp, per_train in groups.items():
+        per_train = np.asarray(per_train, np.uint64)
+        first = np.concatenate([[0], np.cumsum(per_train)[:-1]]).astype(np.uint64)
+        ix = f"INDEX/{grp}"
+        f.create_dataset(f"{ix}/first", data=_padded(first, n_entries, np.uint64))
+        if old_form:
+            last = np.where(per_train > 0, first + per_train - 1, first)
+            f.create_dataset(f"{ix}/last", data=_padded(last, n_entries, np.uint64))
+            f.create_dataset(f"{ix}/status", data=_padded(per_train > 0, n_entries, np.uint64))
+        else:
+            f.create_dataset(f"{ix}/count", data=_padded(per_train, n_entries, np.uint64))
+
+
+def _write_metadata(f: h5py.File, src: str, old_form: bool) -> None:
+    """METADATA: the data source list (and the format version from 1.0 on)."""
+    ids = [f"INSTRUMENT/{src}/{g}".encode() for g in ("detector", "header", "image", "trailer")]
+    if old_form:
+        f.create_dataset("METADATA/dataSourceId", data=np.array(ids))
+        return
+    f.create_dataset("METADATA/dataFormatVersion", data=np.array([FORMAT_VERSION.encode()]))
+    f.create_dataset("METADATA/dataSources/dataSourceId", data=np.array(ids))
+    f.create_dataset("METADATA/dataSources/root", data=np.array([b"INSTRUMENT"] * len(ids)))
+    f.create_dataset("METADATA/dataSources/deviceId",
+                     data=np.array([i.split(b"/", 1)[1].rsplit(b"/", 1)[0] for i in ids]))
+
+
 def _write_file(path: Path, p: DarkRunSet, module: int, ids: np.ndarray, counts: np.ndarray,
                 frames: np.ndarray, cells: np.ndarray, frame_tid: np.ndarray,
                 flags: np.ndarray) -> None:
-    """One sequence file; ``frames`` (n, 2, 512, 128), ``cells``/``frame_tid`` per frame."""
+    """One sequence file in the DAQ layout; ``frames`` (n, 2, 512, 128), ``cells``/``frame_tid``
+    per frame; per-train datasets padded to :data:`INDEX_BLOCK` entries."""
     src = f"{p.detector}/DET/{module}CH0:xtdf"
     n = frames.shape[0]
     pad = p.padding_frames
+    if p.old_index and np.any(flags != 1):
+        raise ValueError("the old INDEX form (format 0.5) has no INDEX/flag: no unsafe trains")
     with h5py.File(path, "w") as f:
-        f.create_dataset("METADATA/dataFormatVersion", data=np.array([b"1.0"]))
-        f.create_dataset("METADATA/dataSources/dataSourceId",
-                         data=np.array([f"INSTRUMENT/{src}".encode()]))
+        _write_metadata(f, src, p.old_index)
         img = f.create_group(f"INSTRUMENT/{src}/image")
         chunks = (max(1, min(p.chunk_frames, n + pad)), 2, 512, 128)
         d = img.create_dataset("data", shape=(n + pad, 2, 512, 128), dtype=np.uint16,
                                chunks=chunks)
         if n:
             d[:n] = frames
-        img.create_dataset("trainId", data=np.concatenate(
-            [frame_tid, np.zeros(pad, np.uint64)]).astype(np.uint64)[:, None])
-        img.create_dataset("cellId", data=np.concatenate(
-            [cells, np.zeros(pad, np.int64)]).astype(np.uint16)[:, None])
-        img.create_dataset("pulseId", data=np.concatenate(
-            [cells, np.zeros(pad, np.int64)]).astype(np.uint64)[:, None])
+        img.create_dataset("trainId", data=_padded(frame_tid, n + pad, np.uint64)[:, None])
+        img.create_dataset("cellId", data=_padded(cells, n + pad, np.uint16)[:, None])
+        img.create_dataset("pulseId", data=_padded(cells, n + pad, np.uint64)[:, None])
         img.create_dataset("length", data=np.full((n + pad, 1), 262144, np.uint32))
         img.create_dataset("status", data=np.zeros((n + pad, 1), np.uint16))
         nt = len(ids)
+        n_pad = -(-max(nt, 1) // INDEX_BLOCK) * INDEX_BLOCK
         for grp in ("header", "detector", "trailer"):
-            f.create_dataset(f"INSTRUMENT/{src}/{grp}/trainId",
-                             data=np.concatenate([ids, np.zeros(3, np.uint64)]))
+            f.create_dataset(f"INSTRUMENT/{src}/{grp}/trainId", data=_padded(ids, n_pad,
+                                                                            np.uint64))
         f.create_dataset(f"INSTRUMENT/{src}/header/pulseCount",
-                         data=np.concatenate([counts, np.zeros(3, np.int64)]).astype(np.uint64))
-        f.create_dataset("INDEX/trainId", data=ids.astype(np.uint64))
-        f.create_dataset("INDEX/timestamp", data=np.zeros(nt, np.uint64))
-        f.create_dataset("INDEX/flag", data=flags.astype(np.int32))
-        f.create_dataset("INDEX/origin", data=np.full(nt, -1, np.int32))
-        first = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.uint64)
-        ix = f"INDEX/{src}/image"
-        f.create_dataset(f"{ix}/first", data=first)
-        if p.old_index:
-            status = (counts > 0).astype(np.uint64)
-            last = np.where(counts > 0, first + counts - 1, first).astype(np.uint64)
-            f.create_dataset(f"{ix}/last", data=last)
-            f.create_dataset(f"{ix}/status", data=status)
-        else:
-            f.create_dataset(f"{ix}/count", data=counts.astype(np.uint64))
-        for grp in ("header", "detector", "trailer"):
-            f.create_dataset(f"INDEX/{src}/{grp}/first", data=np.arange(nt, dtype=np.uint64))
-            f.create_dataset(f"INDEX/{src}/{grp}/count", data=np.ones(nt, np.uint64))
+                         data=_padded(counts, n_pad, np.uint64))
+        groups = {f"{src}/image": counts}
+        groups.update({f"{src}/{g}": np.ones(nt, np.uint64)
+                       for g in ("header", "detector", "trailer")})
+        write_index(f, ids, flags, groups, old_form=p.old_index,
+                    pad_counts=p.pad_index_counts)
 
 
 class _Train:
