@@ -321,6 +321,8 @@ def _extra_data_statistics(raw: Path, m: int) -> tuple[np.ndarray, np.ndarray]:
         sd = RunDirectory(str(raw / f"r{run:04d}"), inc_suspect_trains=False)[src(m)]
         kd = sd["image.data"]
         tids = kd.train_id_coordinates()
+        # EXtra-data returns the far-off train (module 0) with its garbage frames
+        assert np.count_nonzero(tids > T0 + FAR) == (N_CELLS if m == 0 else 0)
         frames = kd.ndarray()[tids < T0 + FAR, 0].astype(np.float64)
         cells = sd["image.cellId"].ndarray()[tids < T0 + FAR, 0]
         assert frames.max() < GARBAGE
