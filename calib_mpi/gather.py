@@ -42,15 +42,21 @@ Consumer = Callable[..., None]
 
 
 def _injected_fault(rank: int, round_index: int) -> None:
-    """Testing aid: ``CALIB_MPI_TEST_FAIL_READ="rank=R,round=K[,mode=raise|exit]"`` makes rank
-    R fail its read in round K, raising an error (``raise``) or dying at once (``exit``)."""
+    """Testing aid: ``CALIB_MPI_TEST_FAIL_READ="rank=R,round=K[,mode=raise|exit|stall]"``
+    makes rank R fail its read in round K, raising an error (``raise``), dying at once
+    (``exit``) or, with ``stall,file=PATH``, creating PATH and waiting (up to 10 min) for
+    the test to break the job in the middle of the gather."""
     spec = os.environ.get("CALIB_MPI_TEST_FAIL_READ")
     if not spec:
         return
     opts = dict(kv.split("=", 1) for kv in spec.split(","))
     if int(opts.get("rank", -1)) == rank and int(opts.get("round", -1)) == round_index:
-        if opts.get("mode", "raise") == "exit":
+        mode = opts.get("mode", "raise")
+        if mode == "exit":
             os._exit(3)
+        if mode == "stall":
+            open(opts["file"], "w").close()
+            time.sleep(600)
         raise CalibError(f"injected read failure (CALIB_MPI_TEST_FAIL_READ={spec})")
 
 
@@ -139,6 +145,10 @@ class GatherStats:
     bytes_read: int
     #: wall time of the run's gather on this rank (s)
     seconds: float
+    #: bytes of ASIC blocks this rank sent (``Alltoallv``) to ranks of its own node
+    bytes_sent_same_node: int = 0
+    #: bytes of ASIC blocks this rank sent to ranks on other nodes (the network's share)
+    bytes_sent_other_nodes: int = 0
 
 
 class _Reader:
@@ -362,6 +372,20 @@ def release_node_buffers(comm: MPI.Comm) -> None:
         nb.free()
 
 
+def _node_ranks(comm: MPI.Comm, node: _NodeBuffers | None) -> frozenset[int]:
+    """Collective over ``comm`` (unless ``node`` is given): the ranks of ``comm`` on this
+    rank's node (``MPI_COMM_TYPE_SHARED``)."""
+    if node is not None:
+        return frozenset(node.views)
+    if comm.size == 1:
+        return frozenset({0})
+    split = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    try:
+        return frozenset(split.allgather(comm.rank))
+    finally:
+        split.Free()
+
+
 def gather_run(comm: MPI.Comm, plan: Plan, run_index: int, blocks: list[AsicBlock],
                consume: Consumer, driver: str, prefetch: bool = True,
                show_progress: bool = False, threads: int = 1, node_sharing: bool = True
@@ -388,6 +412,8 @@ def gather_run(comm: MPI.Comm, plan: Plan, run_index: int, blocks: list[AsicBloc
     reader = _Reader(plan, run_index, files, rank, prefetch, n_sets=2 if shared else None)
     node = _node_buffers(comm, reader.n_elements) if shared else None
     reader.allocate(node.alloc if node else None)
+    near = _node_ranks(comm, node)
+    sent = {"same node": 0, "other nodes": 0}
     t0 = time.monotonic()
     frame_bytes = facility(plan.facility).read_frame_bytes
     total = sum(sl.n_frames for rnd in rounds for sl in rnd if sl is not None) * frame_bytes
@@ -483,6 +509,8 @@ def gather_run(comm: MPI.Comm, plan: Plan, run_index: int, blocks: list[AsicBloc
                 tw = time.monotonic()
                 comm.Alltoallv([sendbuf, (scounts, sdispl), MPI.UNSIGNED_SHORT],
                                [recvbuf, (rcounts, rdispl), MPI.UNSIGNED_SHORT])
+                for d in np.flatnonzero(scounts):
+                    sent["same node" if int(d) in near else "other nodes"] += int(scounts[d]) * 2
                 prof["Alltoallv"] += time.monotonic() - tw
             tw = time.monotonic()
             tasks = []
@@ -531,8 +559,9 @@ def gather_run(comm: MPI.Comm, plan: Plan, run_index: int, blocks: list[AsicBloc
         if pool is not None:
             pool.shutdown()
     log.debug("gather run %s rank %d, %d consume thread(s): %s; ASIC blocks from other "
-              "ranks: %d in place, %d received", plan.runs[run_index], rank,
-              threads if pool is not None else 1,
+              "ranks: %d in place, %d received; bytes sent to the same node %d, to other "
+              "nodes %d", plan.runs[run_index], rank, threads if pool is not None else 1,
               ", ".join(f"{k} {v:.2f} s" for k, v in prof.items()), moved["in place"],
-              moved["received"])
-    return GatherStats(rejected, reader.bytes, time.monotonic() - t0)
+              moved["received"], sent["same node"], sent["other nodes"])
+    return GatherStats(rejected, reader.bytes, time.monotonic() - t0, sent["same node"],
+                       sent["other nodes"])

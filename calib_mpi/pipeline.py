@@ -74,6 +74,8 @@ class Processed:
     seconds_per_run: list
     seconds_gather: float
     seconds_process: float
+    #: bytes of ASIC blocks this rank sent in the gather to ranks of its node / other nodes
+    bytes_sent: tuple[int, int] = (0, 0)
 
 
 def consume_threads(cfg: Config, recipe) -> int:
@@ -96,7 +98,7 @@ def gather_and_process(comm: MPI.Comm, cfg: Config, plan: Plan, driver: str, rec
     if recipe is None:
         recipe = recipe_class(cfg.measurement)(cfg, plan)
     recipe.start(plan.units_of(comm.rank))
-    rejected, bytes_read, t_runs = {}, 0, []
+    rejected, bytes_read, t_runs, sent = {}, 0, [], np.zeros(2, np.int64)
     for ri in range(len(plan.runs)):
         st = gather_run(comm, plan, ri, blocks, recipe.consume, driver, cfg.prefetch,
                         threads=consume_threads(cfg, recipe), node_sharing=cfg.node_sharing,
@@ -108,6 +110,7 @@ def gather_and_process(comm: MPI.Comm, cfg: Config, plan: Plan, driver: str, rec
         for (m, reason), v in st.rejected.items():
             rejected[(ri, m, reason)] = v
         bytes_read += st.bytes_read
+        sent += (st.bytes_sent_same_node, st.bytes_sent_other_nodes)
         t_runs.append(st.seconds)
     release_node_buffers(comm)
     for d in comm.allgather(rejected):  # frames left out while reading go into the metadata
@@ -119,7 +122,7 @@ def gather_and_process(comm: MPI.Comm, cfg: Config, plan: Plan, driver: str, rec
     extra = recipe.module_extra(comm, results)
     summary = recipe.summary(comm, results)
     return Processed(recipe, results, extra, summary, bytes_read, t_runs, t1 - t0,
-                     time.monotonic() - t1)
+                     time.monotonic() - t1, (int(sent[0]), int(sent[1])))
 
 
 def module_attrs(cfg: Config, plan: Plan, module: int, comm: MPI.Comm, started: str) -> dict:
@@ -269,7 +272,7 @@ def _compute(cfg: Config, comm: MPI.Comm, plan: Plan, record: dict, driver: str,
     timing = finish_timing(cfg, comm, t0, done.bytes_read, {
         "seconds_preprocess": t_scan, "seconds_gather_process": done.seconds_gather,
         "seconds_gather_per_run": done.seconds_per_run,
-        "seconds_finalize": done.seconds_process, "seconds_join": t_join})
+        "seconds_finalize": done.seconds_process, "seconds_join": t_join}, done.bytes_sent)
     if comm.rank != 0:
         return {}
     return {"plan": plan, "summary": done.summary, "outputs": outputs,
@@ -277,23 +280,33 @@ def _compute(cfg: Config, comm: MPI.Comm, plan: Plan, record: dict, driver: str,
 
 
 def finish_timing(cfg: Config, comm: MPI.Comm, t0: float, bytes_read: int,
-                  seconds: dict) -> dict:
-    """Collective: timings, bytes read and peak memory per rank; logged and written to
+                  seconds: dict, bytes_sent: tuple[int, int] = (0, 0)) -> dict:
+    """Collective: timings, bytes read, bytes the gather sent (``bytes_sent``: this rank's
+    to its own node, to other nodes) and peak memory per rank; logged and written to
     ``cfg.report`` by rank 0 (which gets the dict; other ranks get {})."""
     elapsed = time.monotonic() - t0
     rss = comm.gather(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, root=0)
     total_read = comm.reduce(bytes_read, root=0)
+    sent = comm.reduce(np.asarray(bytes_sent, np.int64), root=0)
+    node = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    n_nodes = comm.allreduce(int(node.rank == 0))
+    node.Free()
     if comm.rank != 0:
         return {}
+    same, other = (int(x) for x in sent)
     t_gather = seconds["seconds_gather_process"]
-    timing = {"n_ranks": comm.size, "bytes_read": total_read, "seconds_total": elapsed,
-              **seconds, "peak_rss_bytes_per_rank": rss,
+    timing = {"n_ranks": comm.size, "n_nodes": n_nodes, "bytes_read": total_read,
+              "bytes_sent_same_node": same, "bytes_sent_other_nodes": other,
+              "seconds_total": elapsed, **seconds, "peak_rss_bytes_per_rank": rss,
               "gather_GBps": total_read / max(t_gather, 1e-9) / 1e9,
               "end_to_end_GBps": total_read / max(elapsed, 1e-9) / 1e9}
     log.info("timing: preprocess %.2f s, gather+process %.2f s (%.2f GB/s), finalize %.2f s, "
              "join %.2f s; peak memory per rank %s MB", seconds["seconds_preprocess"], t_gather,
              timing["gather_GBps"], seconds["seconds_finalize"], seconds["seconds_join"],
              ", ".join(f"{r / 2**20:.0f}" for r in rss))
+    if n_nodes > 1:
+        log.info("%d nodes: the gather sent %.1f MB between ranks of a node, %.1f MB between "
+                 "nodes", n_nodes, same / 1e6, other / 1e6)
     if cfg.report:
         cfg.report.parent.mkdir(parents=True, exist_ok=True)
         cfg.report.write_text(json.dumps(timing, indent=1, default=str) + "\n")

@@ -49,6 +49,89 @@ def run_mpi(n: int, args: list[str], timeout: float = 120, env: dict | None = No
     return MPIResult(p.returncode, p.stdout, p.stderr)
 
 
+#: a stand-in for ssh: drops the options and the host name and runs the command here (as
+#: the node's daemon, whose pid it leaves in <dir>/daemon-<host>.pid)
+RSH_AGENT = """#!/bin/sh
+while [ $# -gt 0 ]; do
+  case "$1" in -*) shift ;; *) break ;; esac
+done
+host=$1
+shift
+echo $$ > "{dir}/daemon-$host.pid"
+eval "exec $*"
+"""
+
+#: Open MPI over TCP on the loopback device (no shared-memory transport: ranks of different
+#: "nodes" share the machine, but must talk like separate hosts); ranks yield the cores while
+#: they wait (the daemons and 4 ranks share 2 cores) and are not bound; messages between
+#: the daemons go direct (the default tree sometimes fails to route to the second "node")
+NODE_ENV = {"OMPI_MCA_mpi_yield_when_idle": "1"}
+NODE_MCA = ("--mca", "btl", "self,tcp", "--mca", "btl_tcp_if_include", "lo",
+            "--mca", "oob_tcp_if_include", "lo", "--mca", "rtc", "^hwloc",
+            "--mca", "routed", "direct")
+#: loopback addresses standing for the nodes' host names (no /etc/hosts entries needed)
+NODE_HOSTS = ("127.0.0.2", "127.0.0.3")
+#: prints the node sizes (MPI_COMM_TYPE_SHARED) of the ranks, from rank 0
+NODE_PROBE = ("from mpi4py import MPI; c = MPI.COMM_WORLD; "
+              "s = c.gather(c.Split_type(MPI.COMM_TYPE_SHARED).size); "
+              "c.rank or print(*s)")
+
+
+@dataclass
+class Nodes:
+    """A multi-node MPI job on this machine: one Open MPI daemon per node, started through
+    an ssh stand-in, host names that are loopback addresses, TCP between all ranks."""
+
+    dir: Path
+
+    def mpirun_args(self, layout: tuple[int, ...]) -> tuple[str, ...]:
+        """``mpirun`` options placing ``layout[i]`` consecutive ranks on node i."""
+        hosts = ",".join(f"{h}:{n}" for h, n in zip(NODE_HOSTS, layout, strict=False))
+        return ("--host", hosts, "--mca", "plm_rsh_agent", str(self.dir / "rsh"), *NODE_MCA)
+
+    def command(self, layout: tuple[int, ...], args: list) -> tuple[list[str], dict]:
+        """``(argv, env)`` of ``mpirun ... calib-mpi args`` over the nodes of ``layout``."""
+        cmd = ["mpirun", "-n", str(sum(layout)), *self.mpirun_args(layout),
+               str(VENV_BIN / "calib-mpi"), *map(str, args)]
+        return cmd, clean_environ({**MPI_ENV, **NODE_ENV})
+
+    def run(self, layout: tuple[int, ...], args: list, timeout: float = 120,
+            env: dict | None = None) -> MPIResult:
+        """Run calib-mpi with ``layout[i]`` ranks on node i (a hang fails the test)."""
+        return run_mpi(sum(layout), args, timeout, {**NODE_ENV, **(env or {})},
+                       self.mpirun_args(layout))
+
+    def daemon_pid(self, node: int) -> int:
+        """Process id of node ``node``'s daemon (``orted``) of the last job."""
+        return int((self.dir / f"daemon-{NODE_HOSTS[node]}.pid").read_text())
+
+
+@pytest.fixture(scope="session")
+def nodes(tmp_path_factory) -> Nodes:
+    """Two simulated nodes; skips when this machine's Open MPI cannot run such a job."""
+    if shutil.which("mpirun") is None:
+        pytest.skip("no mpirun on PATH")
+    d = tmp_path_factory.mktemp("nodes")
+    agent = d / "rsh"
+    agent.write_text(RSH_AGENT.format(dir=d))
+    agent.chmod(0o755)
+    n = Nodes(d)
+    cmd = ["mpirun", "-n", "4", *n.mpirun_args((2, 2)), sys.executable, "-c", NODE_PROBE]
+    why = None
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=60,
+                           env=clean_environ({**MPI_ENV, **NODE_ENV}), start_new_session=True)
+        if p.returncode or p.stdout.strip() != "2 2 2 2":
+            why = f"exit code {p.returncode}, output {p.stdout!r} {p.stderr[-500:]!r}"
+    except subprocess.TimeoutExpired:
+        why = "the probe job did not finish within 60 s"
+    if why:
+        pytest.skip("cannot simulate 2 nodes here (mpirun over an ssh stand-in to 127.0.0.2 "
+                    f"and 127.0.0.3, TCP on lo; expected MPI_COMM_TYPE_SHARED to give 2 nodes "
+                    f"of 2 ranks): {why}")
+    return n
+
+
 @dataclass
 class RunSet:
     raw: Path
