@@ -75,8 +75,10 @@ def build_parser() -> configargparse.ArgParser:
                    help=f"cluster defaults file (read after {default_cluster_conf()})")
     g = p.add_argument_group("job size and place")
     g.add_argument("--nodes", type=int, default=1, help="number of nodes (%(default)s)")
-    g.add_argument("--tasks-per-node", "--tasks_per_node", type=int, default=16,
-                   help="MPI ranks per node (%(default)s)")
+    g.add_argument("--tasks-per-node", "--tasks_per_node", "--ntasks-per-node",
+                   "--ntasks_per_node", type=int, default=16,
+                   help="MPI ranks per node (%(default)s); consecutive ranks share a node, so "
+                   "with 16 or more per node a module's ASICs stay on one node")
     g.add_argument("--cpus-per-task", "--cpus_per_task", type=int, default=1,
                    help="cores per rank (%(default)s); with more than 1 a rank reads in one "
                    "thread while it processes in others (the ranks then run unbound under "

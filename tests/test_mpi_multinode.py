@@ -29,8 +29,20 @@ import numpy as np
 import pytest
 
 from calib_mpi.synthetic.xfel import DarkRunSet, write_config, write_dark_runs
+from calib_mpi.synthetic.xfel_drscs import (
+    XfelDrscsSet,
+    write_xfel_drscs_config,
+    write_xfel_drscs_runs,
+)
+from calib_mpi.synthetic.xfel_scans import (
+    DrspcRunSet,
+    XrayRunSet,
+    write_drspc_runs,
+    write_scan_config,
+    write_xray_runs,
+)
 
-from .conftest import run_mpi
+from .conftest import DRSCS_FIELDS, assert_currents_equal_serial, load_datasets, run_mpi
 
 pytestmark = pytest.mark.mpi
 
@@ -108,6 +120,59 @@ def test_dark_2x1(nodes, dark):
     _assert_same_as_one_rank(dark, out)
     assert (rep["n_nodes"], rep["n_ranks"]) == (2, 3)
     assert rep["bytes_sent_other_nodes"] > 0
+
+
+def _same_files(a: Path, b: Path) -> None:
+    """Every dataset of HDF5 file ``b`` equals that of ``a``, bit for bit."""
+    names = []
+    with h5py.File(a, "r") as f:
+        f.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
+    got, want = load_datasets(b, names), load_datasets(a, names)
+    for k in names:
+        assert np.array_equal(got[k], want[k], equal_nan=want[k].dtype.kind == "f"), k
+
+
+@pytest.mark.parametrize("kind", ["drspc", "xray"])
+def test_scans_3_plus_1(nodes, tmp_path, kind):
+    """drspc (modules 0 and 9: module 9 split between the nodes) and xray (one module, its
+    ASICs 12-15 on node 2) across nodes give the 1-rank files."""
+    if kind == "drspc":
+        p = DrspcRunSet(n_cells=1)
+        write_drspc_runs(tmp_path / "raw", p)
+        names = ("drspc/drspc_AGIPD00_xfel.h5", "drspc/drspc_AGIPD09_xfel.h5")
+    else:
+        p = XrayRunSet(n_trains=160, lost_trains={0: (5,)})
+        write_xray_runs(tmp_path / "raw", p)
+        names = ("xray/xray_AGIPD03_xfel.h5",)
+    outs = {}
+    for n, layout in ((1, None), (4, (3, 1))):
+        conf = write_scan_config(tmp_path / f"{n}.conf", tmp_path / "raw", tmp_path / f"o{n}",
+                                 p, chunk_frames=1024 if n == 1 else 16)
+        r = run_mpi(1, [conf], timeout=90) if layout is None else nodes.run(layout, [conf])
+        assert r.returncode == 0, r.output
+        outs[n] = tmp_path / f"o{n}"
+    for name in names:
+        _same_files(outs[1] / name, outs[4] / name)
+
+
+def test_drscs_currents_on_groups_spanning_both_nodes(nodes, tmp_path):
+    """2 + 2 ranks, 2 currents: the rank groups are ranks {0, 2} and {1, 3} (``rank %
+    groups``), each on both nodes; every current equals a serial ``process_scan`` of the
+    truth's scans and the merge equals the design."""
+    p = XfelDrscsSet()
+    truth = write_xfel_drscs_runs(tmp_path / "raw", p)
+    conf = write_xfel_drscs_config(tmp_path / "run.conf", tmp_path / "raw", tmp_path / "out",
+                                   p, chunk_frames=7, report=tmp_path / "report.json")
+    r = nodes.run((2, 2), [conf], timeout=150)
+    assert r.returncode == 0, r.output
+    names = ["chosen_current"] + [f"currents/{c}/{k}" for c in p.currents for k in DRSCS_FIELDS]
+    got = load_datasets(tmp_path / "out" / f"drscs/drscs_AGIPD{p.module:02d}_xfel.h5", names)
+    with h5py.File(truth, "r") as t:
+        tr = {k: t[k][()] for k in t}
+    assert_currents_equal_serial(got, tr, p.currents)
+    assert np.array_equal(got["chosen_current"][0], tr["expected_chosen"])
+    rep = json.loads((tmp_path / "report.json").read_text())
+    assert rep["n_nodes"] == 2 and rep["bytes_sent_other_nodes"] > 0
 
 
 def _job_processes(marker: str) -> list[int]:

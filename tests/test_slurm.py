@@ -518,3 +518,16 @@ def test_real_slurm_dark_job(slurm_cluster, dark_set, tmp_path, launcher, cpus):
     bind = " --bind-to none" if cpus > 1 else ""
     if launcher[0] == "mpirun":
         assert f'mpirun -n "${{SLURM_NTASKS}}"{bind} calib-mpi' in script.read_text()
+
+
+@pytest.mark.parametrize("launcher,launch", [
+    ("mpirun", 'mpirun -n "${SLURM_NTASKS}" --bind-to none'),
+    ("srun", "srun --cpus-per-task=2")])
+def test_multi_node_full_detector_job(capsys, conf, launcher, launch):
+    """The README's 4-node dark job: SLURM's own option spelling, every rank 2 cores."""
+    script = dry_run(capsys, conf, "--nodes", "4", "--ntasks-per-node", "16",
+                     "--cpus-per-task", "2", "--time", "00:30:00", "--launcher", launcher,
+                     "--", "--modules", "0-15")
+    sb = sbatch_lines(script)
+    assert (sb["nodes"], sb["ntasks-per-node"], sb["cpus-per-task"]) == ("4", "16", "2")
+    assert f"{launch} calib-mpi {conf.resolve()} --modules 0-15 || status=$?\n" in script
