@@ -206,7 +206,7 @@ def run_currents(cfg: Config, comm: MPI.Comm, driver: str, started: str, t0: flo
                     print(infos[c]["summary"])
             finish_record(cfg, comm, record)
             return {"record": {c: infos[c]["record"] for c in infos}}
-        locks = take_locks(cfg, comm, todo)
+        locks = take_locks(cfg, comm, todo, n_cells)
         done, err = {}, None
         t1 = time.monotonic()
         try:

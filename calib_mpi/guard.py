@@ -271,6 +271,20 @@ def _mb(n: float) -> str:
     return f"{n / 1e6:.1f} MB"
 
 
+def check_free(directory: Path, nbytes: int, n_files: int) -> None:
+    """Before reading: raise :class:`OutputError` when the file system of ``directory`` has
+    less than ``nbytes`` free for the job's ``n_files`` results (says how much is missing)."""
+    if os.environ.get("CALIB_MPI_TEST_NO_ROOM_CHECK"):
+        return
+    st = os.statvfs(_nearest_existing(directory))
+    free = st.f_bavail * st.f_frsize
+    if free < nbytes:
+        raise OutputError(
+            f"not enough room in {directory} for {n_files} result file(s): they need about "
+            f"{_mb(nbytes)}, {_mb(free)} is free ({_mb(nbytes - free)} missing); free space "
+            "or choose another output_dir")
+
+
 def check_room(path: Path, nbytes: int) -> None:
     """Rank 0: make sure ``nbytes`` can be written at ``path`` (its temporary file) by
     reserving them (``posix_fallocate``); raise :class:`OutputError` saying how much is

@@ -25,8 +25,15 @@ from .config import Config
 from .errors import CalibError, OutputError
 from .facilities import facility
 from .gather import gather_run, release_node_buffers
-from .guard import OutputLocks, add_cleanup, leftover_tmps, preflight, share_job_tag
-from .join import ResultPart, write_module
+from .guard import (
+    OutputLocks,
+    add_cleanup,
+    check_free,
+    leftover_tmps,
+    preflight,
+    share_job_tag,
+)
+from .join import ResultPart, result_size, write_module
 from .parallel import agree, rank_threads, resolve_driver, share_cores
 from .plan import Plan
 from .preprocess import format_record, make_plan, output_path, record_path, write_record
@@ -197,13 +204,26 @@ def finish_record(cfg: Config, comm: MPI.Comm, record: dict) -> None:
     agree(comm, err, name_rank=False)
 
 
-def take_locks(cfg: Config, comm: MPI.Comm, modules) -> OutputLocks:
-    """Collective: rank 0 locks the results of ``modules`` (creating the output directory)
-    and removes temporary files left there by earlier jobs; a lock held by another job
-    refuses this one on every rank. Call after every check that can refuse the job."""
+def expected_size(cfg: Config, n_cells: int) -> int:
+    """Bytes of one module result, roughly from above (for the room check before reading):
+    the recipe's datasets, for drscs once merged and once per current."""
+    fac = facility(cfg.facility)
+    specs = list(recipe_class(cfg.measurement).specs)
+    if cfg.measurement == "drscs" and len(cfg.currents) > 1:
+        specs = specs * (len(cfg.currents) + 1)
+    return result_size([ResultPart(fac.specs(specs), {})], n_cells, fac.frame_shape, {}, {})
+
+
+def take_locks(cfg: Config, comm: MPI.Comm, modules, n_cells: int) -> OutputLocks:
+    """Collective: rank 0 checks that the results of ``modules`` (``n_cells`` cells) fit on
+    the output file system, locks them (creating the output directory) and removes temporary
+    files left there by earlier jobs; a lock held by another job or too little room refuses
+    this one on every rank. Call after every check that can refuse the job, before reading."""
     locks, err = OutputLocks(), None
     if comm.rank == 0 and "join" in cfg.steps:
         try:
+            check_free(cfg.output_dir / cfg.measurement,
+                       expected_size(cfg, n_cells) * len(modules), len(modules))
             for note in locks.acquire([output_path(cfg, m) for m in modules]):
                 log.warning("%s", note)
             for m in modules:
@@ -238,7 +258,7 @@ def run(cfg: Config, comm: MPI.Comm) -> dict:
     plan, record = make_plan(comm, cfg)
     if report_plan(cfg, comm, plan, record):
         return {"plan": plan, "record": record}
-    locks = take_locks(cfg, comm, plan.modules)
+    locks = take_locks(cfg, comm, plan.modules, plan.n_cells)
     try:
         return _compute(cfg, comm, plan, record, driver, started, t0)
     finally:

@@ -148,6 +148,7 @@ def test_read_failure_on_one_rank_mid_gather(dark_set, tmp_path):
                 env={"CALIB_MPI_TEST_FAIL_READ": "rank=1,round=1"})
     assert r.returncode != 0
     assert "injected read failure" in r.stderr and "[rank 1]" in r.stderr
+    assert not out2.exists()  # the locks and the output directory made for them are gone
     _no_results(out2)
 
 
