@@ -67,7 +67,7 @@ def make_set(root: Path, n_trains: int, n_cells: int, modules: tuple[int, ...]) 
 
 def read_bandwidth(raw: Path, slab: int = 256, repeats: int = 2) -> tuple[float, int]:
     """Best of ``repeats`` passes: bytes per second of h5py reading all frames in slabs."""
-    files = sorted(raw.glob("r*/RAW-*.h5"))
+    files = sorted(raw.glob("r*/RAW-*-AGIPD*-S*.h5"))
     best, total = 0.0, 0
     for _ in range(repeats):
         total = 0

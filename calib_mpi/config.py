@@ -155,6 +155,21 @@ class Config:
     drscs_settings: tuple = ()
     #: drscs: MB per rank for the stored scans; more cells are processed in several passes
     drscs_memory: float = 4000.0
+    #: XFEL operating conditions (calib_mpi.conditions): Karabo control domain of the detector,
+    #: and values that override the control data (None: from the control data)
+    control_domain: str = "SPB_IRU_AGIPD1M1"
+    bias_voltage: float | None = None
+    memory_cells: int | None = None
+    acquisition_rate: float | None = None
+    gain_setting: int | None = None
+    gain_mode: int | None = None
+    integration_time: int | None = None
+    #: dark run order: "check" (put right from gain modes or digital levels) or "trust"
+    run_order: str = "check"
+    #: module -> physical detector unit name (CalCat PDU), for the export
+    pdu_names: tuple = ()
+    #: the job's operating conditions, found by calib_mpi.runorder.prepare_runs (not a setting)
+    conditions: dict = field(default_factory=dict)
     dry_run: bool = False
     verbose: int = 0
     quiet: bool = False
@@ -294,8 +309,9 @@ def build_parser(default_files: list[str] | None = None) -> configargparse.ArgPa
     g.add_argument("--plot_units", "--plot-units", choices=("px", "mm"), default="px",
                    help="pictures: axis units of the full-detector images")
     g.add_argument("--export", action="store_true",
-                   help="after the run, write pycalibration-layout constants to "
-                        "<output_dir>/<measurement>/pycalibration (see calib-mpi export --help)")
+                   help="after the run, write CalCat-ready constants to "
+                        "<output_dir>/<measurement>/pycalibration; needs pdu_names (see "
+                        "calib-mpi export --help)")
     g.add_argument(
         "--dry_run",
         "--dry-run",
@@ -503,6 +519,29 @@ def build_parser(default_files: list[str] | None = None) -> configargparse.ArgPa
         help="MB per rank for the stored scans (steps x cells x 4096 x 5 bytes per ASIC); "
         "when the cells need more, they are processed in several passes over the data",
     )
+    g = p.add_argument_group("operating conditions (XFEL control data; give a value to override)")
+    g.add_argument("--control_domain", "--control-domain", default="SPB_IRU_AGIPD1M1",
+                   help="Karabo control domain of the detector: FPGA composite device "
+                   "<domain>/MDL/FPGA_COMP, bias supply <domain minus last character>/PSC/HV "
+                   "(facility default per instrument)")
+    g.add_argument("--bias_voltage", "--bias-voltage", type=float,
+                   help="sensor bias voltage (V)")
+    g.add_argument("--memory_cells", "--memory-cells", type=int,
+                   help="memory cells setting (bunchStructure.nPulses)")
+    g.add_argument("--acquisition_rate", "--acquisition-rate", type=float,
+                   help="acquisition rate (MHz)")
+    g.add_argument("--gain_setting", "--gain-setting", type=int, choices=(0, 1),
+                   help="gain setting (CDS mode)")
+    g.add_argument("--gain_mode", "--gain-mode", type=int, choices=(0, 1, 2, 3),
+                   help="gain mode of every run: 0 adaptive, 1/2/3 fixed high/medium/low")
+    g.add_argument("--integration_time", "--integration-time", type=int,
+                   help="integration time (FPGA clock units; AGIPD default 12)")
+    g.add_argument("--run_order", "--run-order", choices=("check", "trust"), default="check",
+                   help="dark: check the gain order of the runs (from gain modes or digital "
+                   "levels) and put them right, or trust the order given")
+    g.add_argument("--pdu_names", "--pdu-names", nargs="+",
+                   help="physical detector unit (CalCat PDU) of each module for the export: "
+                   "names in the order of modules, or module:name pairs")
     g = p.add_argument_group("messages")
     g.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     g.add_argument("-q", "--quiet", action="store_true", help="errors only")
@@ -646,6 +685,26 @@ def _drscs_settings(values: list[str] | str | None) -> tuple:
     return tuple(out)
 
 
+def _pdu_names(values: list[str] | None, modules: tuple[int, ...]) -> tuple:
+    """``pdu_names`` as ((module, name), ...): names in module order or ``module:name``."""
+    words = parse_word_list(values)
+    if not words:
+        return ()
+    if all(":" in w for w in words):
+        pairs = []
+        for w in words:
+            m, _, name = w.partition(":")
+            if not m.isdigit() or not name:
+                raise ConfigError(f"pdu_names: {w!r} — expected module:name, e.g. "
+                                  "0:AGIPD_SIV1_AGIPDV11_M305")
+            pairs.append((int(m), name))
+        return tuple(sorted(pairs))
+    if any(":" in w for w in words) or len(words) != len(modules):
+        raise ConfigError(f"pdu_names: {len(words)} name(s) for modules {list(modules)}; give "
+                          "one name per module in the order of modules, or module:name pairs")
+    return tuple(zip(modules, words, strict=True))
+
+
 def parse_config(argv: list[str]) -> Config:
     """Parse and validate the configuration; raises :class:`ConfigError` with the key at fault."""
     fac_file = _facility_file(argv)
@@ -711,6 +770,16 @@ def parse_config(argv: list[str]) -> Config:
         raise ConfigError("drscs_memory must be positive (MB per rank)")
     if ns.photon_energy < 0:
         raise ConfigError("photon_energy must be positive (or 0: from xray_target)")
+    if len(set(runs)) != len(runs):
+        twice = sorted({r for r in runs if runs.count(r) > 1})
+        raise ConfigError(f"runs: {list(runs)} — run(s) {twice} given more than once; each "
+                          "run of a job must be a different run")
+    pdu_names = _pdu_names(ns.pdu_names, modules)
+    if ns.export and ns.facility == "xfel" and \
+            (lost := [m for m in modules if m not in dict(pdu_names)]):
+        raise ConfigError(f"export: no physical detector unit (CalCat PDU) name for module(s) "
+                          f"{lost}; give pdu_names (one per module, e.g. pdu_names = "
+                          "AGIPD_SIV1_AGIPDV11_M305 ...) — calib-mpi does not invent them")
     cfel: dict = dict(xfel_currents)
     if ns.facility == "cfel":
         runs, modules, cfel = _cfel_settings(ns, runs, modules)
@@ -756,6 +825,15 @@ def parse_config(argv: list[str]) -> Config:
         xray_deviation_sigma=ns.xray_deviation_sigma,
         drscs_settings=_drscs_settings(ns.drscs),
         drscs_memory=ns.drscs_memory,
+        control_domain=ns.control_domain,
+        bias_voltage=ns.bias_voltage,
+        memory_cells=ns.memory_cells,
+        acquisition_rate=ns.acquisition_rate,
+        gain_setting=ns.gain_setting,
+        gain_mode=ns.gain_mode,
+        integration_time=ns.integration_time,
+        run_order=ns.run_order,
+        pdu_names=pdu_names,
         dry_run=ns.dry_run,
         verbose=ns.verbose,
         quiet=ns.quiet,

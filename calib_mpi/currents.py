@@ -41,6 +41,8 @@ from .merge import merge_across_currents
 from .parallel import agree
 from .pipeline import (
     Processed,
+    after_run,
+    condition_attrs,
     finish_record,
     finish_timing,
     gather_and_process,
@@ -257,6 +259,8 @@ def run_currents(cfg: Config, comm: MPI.Comm, driver: str, started: str, t0: flo
     if comm.rank != 0:
         return {}
     lines = _report(cfg, todo, n_cells, info, gathered, spans, outputs, timing)
+    if outputs and cfg.export:
+        after_run(dataclasses.replace(cfg, plot=False), outputs)
     return {"report": lines, "outputs": outputs, "timing": timing, "elapsed":
             timing["seconds_total"]}
 
@@ -292,6 +296,7 @@ def _write_module(comm: MPI.Comm, cfg: Config, m: int, driver: str, n_cells: int
         "dropped": json.dumps({currents[c]: info[c]["dropped"][m] for c in have}),
     })
     attrs.update(lab_attrs(cfg))
+    attrs.update(condition_attrs(cfg))
     extra = {"metadata/currents": np.array(list(currents)),
              "metadata/runs": attrs["runs"], "metadata/trains_used": attrs["trains_used"]}
     specs = fac.specs(DrscsRecipe.specs)

@@ -21,6 +21,7 @@ import numpy as np
 from mpi4py import MPI
 
 from . import __version__
+from .conditions import calcat_dict
 from .config import Config
 from .errors import CalibError, OutputError
 from .facilities import facility
@@ -39,6 +40,7 @@ from .plan import Plan
 from .preprocess import format_record, make_plan, output_path, record_path, write_record
 from .readers.xfel import add_counts
 from .recipes import recipe_class
+from .runorder import prepare_runs
 
 log = logging.getLogger("calib_mpi")
 
@@ -144,7 +146,21 @@ def module_attrs(cfg: Config, plan: Plan, module: int, comm: MPI.Comm, started: 
                                for ri in range(len(plan.runs))}),
     })
     attrs.update(lab_attrs(cfg))
+    attrs.update(condition_attrs(cfg))
     return attrs
+
+
+def condition_attrs(cfg: Config) -> dict:
+    """Root attributes of the operating conditions: each under its CalCat name, all of them as
+    JSON ``conditions``, and the gain mode of each run as found (``gain_modes``, in run order;
+    null = unknown)."""
+    cond = calcat_dict(cfg.conditions)
+    out: dict = {"conditions": json.dumps(cond), "control_domain": cfg.control_domain,
+                 "gain_modes": json.dumps(cfg.conditions.get("gain_modes", []))}
+    if "runs_given" in cfg.conditions:
+        out["runs_given"] = np.array(cfg.conditions["runs_given"])
+    out.update(cond)
+    return out
 
 
 def lab_attrs(cfg: Config) -> dict:
@@ -251,6 +267,7 @@ def run(cfg: Config, comm: MPI.Comm) -> dict:
     preflight(cfg, comm, driver)
     if comm.rank == 0:
         log.info("I/O driver %s", driver)
+    cfg = prepare_runs(comm, cfg)
     if cfg.measurement == "drscs":
         from .currents import run_currents
 
@@ -288,7 +305,7 @@ def _compute(cfg: Config, comm: MPI.Comm, plan: Plan, record: dict, driver: str,
     t_join = time.monotonic() - t1
     finish_record(cfg, comm, record)
     if comm.rank == 0 and outputs and (cfg.plot or cfg.export):
-        _after_run(cfg, outputs)
+        after_run(cfg, outputs)
     timing = finish_timing(cfg, comm, t0, done.bytes_read, {
         "seconds_preprocess": t_scan, "seconds_gather_process": done.seconds_gather,
         "seconds_gather_per_run": done.seconds_per_run,
@@ -333,7 +350,7 @@ def finish_timing(cfg: Config, comm: MPI.Comm, t0: float, bytes_read: int,
     return timing
 
 
-def _after_run(cfg: Config, outputs: list) -> None:
+def after_run(cfg: Config, outputs: list) -> None:
     """Pictures and pycalibration constants of the results, when asked for (rank 0)."""
     base = cfg.output_dir / cfg.measurement
     if cfg.plot:
@@ -344,8 +361,8 @@ def _after_run(cfg: Config, outputs: list) -> None:
                              units=cfg.plot_units)
         log.info("pictures: %d PNG files in %s", len(files), base / "plots")
     if cfg.export:
-        from .export import export_module
+        from .export import export_results
 
-        n = sum(len(export_module(p, base / "pycalibration", overwrite=cfg.overwrite))
-                for p in outputs)
-        log.info("pycalibration constants: %d files in %s", n, base / "pycalibration")
+        n = len(export_results(outputs, base / "pycalibration", dict(cfg.pdu_names),
+                               overwrite=cfg.overwrite))
+        log.info("CalCat constants: %d files in %s", n, base / "pycalibration")

@@ -183,7 +183,7 @@ def plan_record(plan: Plan, cfg: Config, missing: dict, notes: list[str]) -> dic
     rec: dict = {"calib_mpi_version": __version__,
                  "created": dt.datetime.now(dt.UTC).isoformat(),
                  "input_dir": str(cfg.input_dir), "n_cells": plan.n_cells,
-                 "modules": list(plan.modules),
+                 "modules": list(plan.modules), "conditions": cfg.conditions,
                  "modules_missing": {str(m): runs for m, runs in missing.items()},
                  "notes": notes, "runs": []}
     for ri, run in enumerate(plan.runs):
@@ -254,6 +254,7 @@ def plan_record_cfel(plan: Plan, cfg: Config, notes: list[str]) -> dict:
                  "created": dt.datetime.now(dt.UTC).isoformat(),
                  "input_dir": str(cfg.input_dir), "n_cells": plan.n_cells,
                  "modules": list(plan.modules), "module_serial": cfg.module_serial,
+                 "conditions": cfg.conditions,
                  "modules_missing": {}, "notes": notes, "runs": []}
     for ri, run in enumerate(plan.runs):
         axis = plan.train_axis[ri]
@@ -428,6 +429,9 @@ def write_record(record: dict, path: Path) -> None:
 def format_record(record: dict) -> str:
     """Short text rendition of a preprocess record."""
     lines = [f"cells: {record['n_cells']}   modules: {record['modules']}"]
+    if record.get("conditions"):
+        lines.append("conditions: " + ", ".join(f"{k} {v}" for k, v in
+                                                 record["conditions"].items()))
     for m, runs in record.get("modules_missing", {}).items():
         lines.append(f"module {m}: no files in run(s) {runs}; left out")
     for r in record["runs"]:

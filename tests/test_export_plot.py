@@ -6,6 +6,7 @@ so no MPI run is needed.
 
 from __future__ import annotations
 
+import json
 import struct
 from pathlib import Path
 
@@ -21,6 +22,9 @@ from calib_mpi.errors import ConfigError
 from calib_mpi.geometry import xfel_to_agipd_frame
 
 N_CELLS = 4
+CONDITIONS = {"Sensor Bias Voltage": 300, "Memory cells": 4, "Acquisition rate": 4.5,
+              "Gain setting": 0, "Gain mode": 0, "Integration time": 12, "Pixels X": 512,
+              "Pixels Y": 128}
 SS, FS = 512, 128
 BAD_SS, BAD_FS = slice(100, 140), slice(10, 30)  # bad block (raw frame), cell 1, medium gain
 
@@ -44,7 +48,8 @@ def write_fake(path: Path, module: int, n_cells: int = N_CELLS, seed: int = 0) -
         for k, v in d.items():
             f[k] = v
         f.attrs.update({"module": module, "n_cells": n_cells, "measurement": "dark",
-                        "runs": np.array([1, 2, 3]), "calib_mpi_version": "test"})
+                        "runs": np.array([1, 2, 3]), "calib_mpi_version": "test",
+                        "conditions": json.dumps(CONDITIONS)})
     return d
 
 
@@ -62,7 +67,7 @@ def fake(tmp_path):
 
 def test_export_layout_and_values(fake, tmp_path):
     path, d = fake[3]
-    written = export.export_module(path, tmp_path / "exp")
+    written = export.export_module(path, tmp_path / "exp", "Q1M4")
     names = sorted(p.name for p in written)
     assert names == sorted(f"{c}_AGIPD03_Q1M4.h5"
                            for c in ("Offset", "Noise", "ThresholdsDark", "BadPixelsDark"))
@@ -84,6 +89,7 @@ def test_export_layout_and_values(fake, tmp_path):
             assert data[70, 300, 1, 2] == native[2, 1, 300, 70]
             assert f.attrs["Memory cells"] == N_CELLS
             assert (f.attrs["Pixels X"], f.attrs["Pixels Y"]) == (512, 128)
+            assert "Gain mode" not in f.attrs and "Integration time" not in f.attrs
             assert f.attrs["source_file"] == str(path.resolve())
             assert f.attrs["data_set_name"] == f"/Q1M4/{const}/0"
     with h5py.File(tmp_path / "exp" / "ThresholdsDark_AGIPD03_Q1M4.h5", "r") as f:
@@ -110,11 +116,13 @@ def test_export_cli_pdu_overwrite_and_errors(fake, tmp_path, capsys):
     assert export.main([str(p3), "--out", str(out), "--pdu", "PDU_A", "--overwrite"]) == 0
     with pytest.raises(SystemExit):  # two files, one PDU name
         export.main([str(p3), str(p12), "--out", str(out), "--pdu", "X"])
-    assert export.main([str(tmp_path / "missing.h5"), "--out", str(out)]) == 2
+    assert export.main([str(tmp_path / "missing.h5"), "--out", str(out), "--pdu", "X"]) == 2
+    with pytest.raises(export.ExportError, match="no physical detector unit"):
+        export.export_module(p3, out, None, overwrite=True)
     odd = tmp_path / "odd.h5"
     write_fake(odd, 5, n_cells=3)
-    with pytest.warns(UserWarning, match="memory-cell setting"):
-        export.export_module(odd, out)
+    with pytest.warns(UserWarning, match="the condition Memory cells is 4"):
+        export.export_module(odd, out, "PDU_C")
 
 
 # ---------------------------------------------------------------------------- plot

@@ -153,7 +153,8 @@ def test_progress_report_pictures_and_export_after_run(dark_set, tmp_path):
     out = tmp_path / "out"
     conf = dark_set.config(tmp_path / "run.conf", out)
     report = tmp_path / "report.json"
-    r = run_mpi(2, [conf, "--plot", "--export", "--report", report, "--plot_units", "mm"])
+    r = run_mpi(2, [conf, "--plot", "--export", "--report", report, "--plot_units", "mm",
+                    "--pdu_names", "PDU_A", "PDU_B"])
     assert r.returncode == 0, r.output
     # progress: one line per run with trains/s and GB/s (log lines: not a terminal)
     for run in dark_set.params.runs:
@@ -166,7 +167,7 @@ def test_progress_report_pictures_and_export_after_run(dark_set, tmp_path):
     assert len(pngs) >= 4 and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
     assert (out / "dark" / "plots" / "detector_offset_c0.png").is_file()  # EXtra-geom, mm axes
     assert (out / "dark" / "plots" / "AGIPD00_Q1M1_badpixels_bits.txt").is_file()
-    exported = sorted((out / "dark" / "pycalibration").glob("Offset_AGIPD00_*.h5"))
+    exported = sorted((out / "dark" / "pycalibration").glob("Offset_AGIPD00_PDU_A.h5"))
     assert len(exported) == 1
     with h5py.File(exported[0]) as e, h5py.File(out / "dark" / "dark_AGIPD00_xfel.h5") as f:
         name = next(iter(e))

@@ -29,6 +29,7 @@ from calib_mpi.geometry import XFEL_FRAME, asic_blocks, xfel_to_agipd_frame
 from calib_mpi.recipes.drspc import injection_masks
 from calib_mpi.synthetic.xfel_scans import DrspcRunSet, write_drspc_runs, write_scan_config
 
+from .calcat_check import CONDITIONS, check_export
 from .conftest import run_jobs, run_mpi
 
 pytestmark = pytest.mark.mpi
@@ -195,3 +196,9 @@ def test_wrong_number_of_runs(drspc_set, tmp_path):
     assert r.returncode == 2
     assert "drspc needs exactly eight run(s) (row groups r1..r8), got 7" in r.stderr
     assert not out.exists() or not list(out.rglob("*.h5"))
+
+
+def test_export_reads_back_as_calcat(outputs, tmp_path):
+    """SlopesPC/BadPixelsPC with the conditions of the control files."""
+    path = outputs[1][0] / "drspc" / "drspc_AGIPD00_xfel.h5"
+    check_export(path, tmp_path, CONDITIONS)

@@ -22,6 +22,7 @@ from calib_mpi.synthetic.xfel_drscs import (
     write_xfel_drscs_runs,
 )
 
+from .calcat_check import CONDITIONS, check_export
 from .conftest import DRSCS_FIELDS, assert_currents_equal_serial, load_datasets, run_jobs
 
 pytestmark = pytest.mark.mpi
@@ -42,17 +43,17 @@ def xfel_drscs(tmp_path_factory):
                    lambda conf, o, chunk: write_xfel_drscs_config(conf, raw, o, P,
                                                                   chunk_frames=chunk),
                    f"drscs/drscs_AGIPD{P.module:02d}_xfel.h5", timeout=180)
-    return tr, {n: load_datasets(path, DATASETS) for n, (path, _) in out.items()}
+    return tr, {n: load_datasets(path, DATASETS) for n, (path, _) in out.items()}, out[3][0]
 
 
 def test_identical_for_1_and_3_ranks(xfel_drscs):
-    _, got = xfel_drscs
+    _, got, _ = xfel_drscs
     for k in DATASETS:
         assert np.array_equal(got[1][k], got[3][k], equal_nan=True), k
 
 
 def test_each_current_equals_serial_process_scan_and_the_design(xfel_drscs):
-    truth, got = xfel_drscs
+    truth, got, _ = xfel_drscs
     got = got[3]
     assert_currents_equal_serial(got, truth, P.currents)
     for c, name in enumerate(P.currents):
@@ -63,3 +64,8 @@ def test_each_current_equals_serial_process_scan_and_the_design(xfel_drscs):
     assert set(np.unique(got["chosen_current"])) == {-1, 0, 1}
     assert got["metadata/runs"].tolist() == [list(P.runs[:4]), list(P.runs[4:])]
     assert got["metadata/trains_used"].tolist() == [[240, 239, 240, 240], [240, 240, 240, 239]]
+
+
+def test_export_reads_back_as_calcat(xfel_drscs, tmp_path):
+    """SlopesCS/BadPixelsCS of the merged result, with the conditions of the control files."""
+    check_export(xfel_drscs[2], tmp_path, CONDITIONS)

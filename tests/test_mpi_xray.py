@@ -23,6 +23,7 @@ import pytest
 
 from calib_mpi.synthetic.xfel_scans import XrayRunSet, write_scan_config, write_xray_runs
 
+from .calcat_check import CONDITIONS, check_export
 from .conftest import run_jobs, run_mpi
 from .test_process_xray import WINDOW, check_pulls, truncated_m2
 
@@ -148,3 +149,8 @@ def test_wrong_number_of_runs(xray_set, tmp_path):
     assert r.returncode == 2
     assert "xray needs exactly one run(s) (fluorescence run), got 2" in r.stderr
     assert not out.exists() or not list(out.rglob("*.h5"))
+
+
+def test_export_reads_back_as_calcat(outputs, tmp_path):
+    """SlopesFF/BadPixelsFF with the conditions of the control files and the photon energy."""
+    check_export(outputs[1][0], tmp_path, {**CONDITIONS, "source_energy": 8.04})

@@ -151,7 +151,8 @@ class DarkLimits:
     distance from the module centre in robust sigmas; offset_hard, noise_hard
     [thresholds_*_hard]: absolute (low, high) limits in ADU; gain_separation_sigma
     [gain_separation_sigma_threshold]: minimum separation of adjacent gain levels in units of
-    the sum of their digital standard deviations.
+    the sum of their digital standard deviations. check_gain_levels: flag badly separated gain
+    levels (adaptive gain only; fixed-gain darks have no gain switching to check).
     """
 
     offset_sigma: float = 5.0
@@ -159,6 +160,7 @@ class DarkLimits:
     offset_hard: tuple[float, float] = (0.0, 16383.0)
     noise_hard: tuple[float, float] = (0.1, 500.0)
     gain_separation_sigma: float = 3.0
+    check_gain_levels: bool = True
 
 
 def flag_bad_pixels(res: dict[str, np.ndarray], ref_offset: tuple[np.ndarray, np.ndarray],
@@ -187,7 +189,7 @@ def flag_bad_pixels(res: dict[str, np.ndarray], ref_offset: tuple[np.ndarray, np
             dev = np.abs(values - centre[:, :, None, None])
             out = (dev > nsig * width[:, :, None, None]) | (values < lo) | (values > hi)
             bad[out & np.isfinite(values)] |= bits(flag)
-        for g in range(N_GAINS - 1):
+        for g in range(N_GAINS - 1 if limits.check_gain_levels else 0):
             diff = gl[g + 1].astype(np.float64) - gl[g]
             sep = diff / (gsd[g].astype(np.float64) + gsd[g + 1])
             broken = (diff <= 0) | (sep < limits.gain_separation_sigma)

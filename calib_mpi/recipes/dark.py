@@ -46,8 +46,12 @@ class DarkRecipe:
 
     def __init__(self, cfg: Config, plan: Plan):
         self.plan = plan
+        #: fixed-gain darks (gain modes 1, 2, 3): run k is gain stage k whatever the digital
+        #: values; no thresholds, no gain-level separation check
+        self.fixed_gain = bool(cfg.conditions.get("gain_mode"))
         self.limits = DarkLimits(cfg.offset_sigma, cfg.noise_sigma, tuple(cfg.offset_hard),
-                                 tuple(cfg.noise_hard), cfg.gain_separation_sigma)
+                                 tuple(cfg.noise_hard), cfg.gain_separation_sigma,
+                                 check_gain_levels=not self.fixed_gain)
         self.acc: dict[Unit, DarkAccumulator] = {}
         self.threads = rank_threads(cfg.threads)
 
@@ -74,6 +78,9 @@ class DarkRecipe:
         """Collective: module references, bad pixels; returns the results of this rank's units."""
         units = list(self.acc)
         res = dict(zip(units, self._map(lambda u: self.acc[u].result(), units), strict=True))
+        if self.fixed_gain:
+            for r in res.values():
+                r["threshold"][:] = np.nan
         quant = dict(zip(units, self._map(
             lambda u: (unit_quantiles(res[u]["offset"]), unit_quantiles(res[u]["noise"])),
             units), strict=True))

@@ -29,7 +29,9 @@ import h5py
 import numpy as np
 
 from ..badpixels import BadPixels, bits
+from ..conditions import memory_cells_from_cells
 from .conf import write_config_file
+from .control import RunConditions, write_control_file
 
 DETECTOR = "SPB_DET_AGIPD1M-1"
 
@@ -69,6 +71,22 @@ class DarkRunSet:
     faults: tuple = ()
     #: draw the noise from a small pool of random frames (fast; for large benchmark sets)
     fast_noise: bool = False
+    #: write each run's control file (``RAW-R<run>-DA01-S00000.h5``) with these conditions
+    #: (:class:`~calib_mpi.synthetic.control.RunConditions` fields; memory_cells defaults to
+    #: the smallest AGIPD setting >= n_cells); None: no control files
+    conditions: dict | None = field(default_factory=dict)
+    #: gain mode of each run (0 adaptive; 1, 2, 3 fixed high, medium, low), in ``runs`` order;
+    #: the data of run k are always those of gain stage k
+    gain_modes: tuple = (0, 0, 0)
+
+    @property
+    def fixed_gain(self) -> bool:
+        return any(self.gain_modes)
+
+    def run_conditions(self, k: int) -> RunConditions:
+        """Conditions written into the control file of run index ``k``."""
+        c = {"memory_cells": memory_cells_from_cells(self.n_cells - 1), **(self.conditions or {})}
+        return RunConditions(**c, gain_mode=self.gain_modes[k])
 
 
 #: Injected defects: name -> (ss, fs, affected gains)
@@ -125,7 +143,8 @@ def module_truth(p: DarkRunSet, mi: int) -> dict[str, np.ndarray]:
         bad[1, :, ss, fs] |= bits(BadPixels.OFFSET_OUT_OF_THRESHOLD)
         ss, fs, _ = DEFECTS["gain_swap"]
         level[1, :, ss, fs] = level[0, :, ss, fs]
-        bad[0:2, :, ss, fs] |= bits(BadPixels.GAIN_THRESHOLDING_ERROR)
+        if not p.fixed_gain:  # fixed gain: no gain switching, levels are not checked
+            bad[0:2, :, ss, fs] |= bits(BadPixels.GAIN_THRESHOLDING_ERROR)
     return {"offset": offset, "noise": noise, "gain_level": level,
             "gain_level_noise": level_noise, "bad_pixels": bad}
 
@@ -269,6 +288,12 @@ def write_dark_runs(out_dir: Path | str, p: DarkRunSet | None = None) -> Path:
     p = p or DarkRunSet()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if p.conditions is not None:
+        for g, run in enumerate(p.runs):
+            (out / f"r{run:04d}").mkdir(exist_ok=True)
+            write_control_file(out / f"r{run:04d}", run,
+                               p.first_train_id + 1000 * g + np.arange(p.n_trains),
+                               p.run_conditions(g))
     truth_path = out / "truth.h5"
     with h5py.File(truth_path, "w") as tf:
         tf.attrs["params"] = json.dumps(asdict(p))

@@ -17,7 +17,7 @@ the scan each pixel got from its injecting run (input for a serial
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +25,7 @@ import numpy as np
 from ..geometry import XFEL_FRAME, asic_blocks, chip_coordinates
 from .cfel_drscs import ALL_ZERO_ERROR, merge_failures
 from .conf import write_config_file, write_truth
+from .control import write_run_controls
 from .drscs import KIND_ALL_LOST, make_drscs_scans
 from .xfel import DETECTOR, DarkRunSet, _Train, _write_sequence
 from .xfel_scans import _to_uint16
@@ -48,6 +49,8 @@ class XfelDrscsSet:
     lost: tuple[tuple[int, int, int], ...] = ((0, 1, 30), (1, 3, 150))
     seed: int = 777
     chunk_frames: int = 16
+    #: control files with these conditions (synthetic.control.RunConditions fields); None: none
+    conditions: dict | None = field(default_factory=dict)
 
     @property
     def runs(self) -> tuple[int, ...]:
@@ -91,6 +94,9 @@ def write_xfel_drscs_runs(out_dir: Path | str, p: XfelDrscsSet | None = None) ->
     layout = DarkRunSet(detector=p.detector, chunk_frames=p.chunk_frames, padding_frames=0)
     rng = np.random.default_rng([p.seed, 2])
     bounds = np.linspace(0, p.n_trains, p.n_sequences + 1).astype(int)
+    write_run_controls(out, {p.first_run + 4 * c + k: p.first_train_id + 100_000 * c
+                             + 10_000 * k + np.arange(p.n_trains)
+                             for c in range(n_cur) for k in range(4)}, p.conditions, p.n_cells)
     for c in range(n_cur):
         for k in range(4):
             run = p.first_run + 4 * c + k

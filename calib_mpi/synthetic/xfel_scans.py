@@ -38,6 +38,7 @@ import numpy as np
 
 from ..geometry import XFEL_FRAME, asic_blocks, chip_coordinates
 from .conf import write_config_file
+from .control import write_run_controls
 from .drspc import DrspcSweep, broken_truth, make_drspc_sweep
 from .xfel import DETECTOR, DarkRunSet, _Train, _write_sequence
 from .xray import make_xray_run
@@ -73,6 +74,8 @@ class DrspcRunSet:
     n_broken: int = 1
     #: module index -> scan steps lost in that module only (all runs)
     lost_steps: dict = field(default_factory=lambda: {1: (60, 443)})
+    #: control files with these conditions (synthetic.control.RunConditions fields); None: none
+    conditions: dict | None = field(default_factory=dict)
 
 
 @dataclass
@@ -97,6 +100,8 @@ class XrayRunSet:
     lost_trains: dict = field(default_factory=lambda: {0: (5, 70)})
     #: constant digital (high-gain) level, ADU
     gain_level: int = 4800
+    #: control files with these conditions (synthetic.control.RunConditions fields); None: none
+    conditions: dict | None = field(default_factory=dict)
 
 
 def _layout(p: DrspcRunSet | XrayRunSet) -> DarkRunSet:
@@ -159,6 +164,8 @@ def write_drspc_runs(out_dir: Path | str, p: DrspcRunSet | None = None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     layout = _layout(p)
     steps = np.array(p.steps, np.int64)
+    write_run_controls(out, {run: p.first_train_id + 10_000 * k + steps
+                             for k, run in enumerate(p.runs)}, p.conditions, p.n_cells)
     shape = (p.n_cells,) + XFEL_FRAME
     with h5py.File(out / "truth.h5", "w") as tf:
         tf.attrs["params"] = json.dumps(asdict(p))
@@ -255,6 +262,8 @@ def write_xray_runs(out_dir: Path | str, p: XrayRunSet | None = None) -> Path:
     run = p.runs[0]
     run_dir = out / f"r{run:04d}"
     run_dir.mkdir(exist_ok=True)
+    write_run_controls(out, {run: p.first_train_id + np.arange(p.n_trains)}, p.conditions,
+                       p.n_cells)
     with h5py.File(out / "truth.h5", "w") as tf:
         tf.attrs["params"] = json.dumps(asdict(p))
         for mi, module in enumerate(p.modules):
