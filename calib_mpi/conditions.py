@@ -203,18 +203,19 @@ def calcat_dict(cond: dict, calibration: str | None = None) -> dict:
 
 def combine_runs(per_run: dict[int, dict], overrides: dict) -> tuple[dict, dict[int, int]]:
     """Job conditions from the runs' conditions: overrides win, every other key must agree
-    between the runs (gain mode excepted); returns (conditions, run -> gain mode)."""
+    between the runs where it is known (gain mode excepted); returns (conditions, run -> gain
+    mode)."""
     runs = list(per_run)
     merged = {k: v for k, v in overrides.items() if v is not None}
     for key in sorted({k for c in per_run.values() for k in c} - set(merged)):
         if key == "gain_mode":
             continue
-        vals = {r: per_run[r].get(key) for r in runs}
-        ref = runs[0]
-        for r in runs[1:]:
-            if vals[r] != vals[ref]:
+        vals = {r: per_run[r][key] for r in runs if per_run[r].get(key) is not None}
+        ref = next(iter(vals))
+        for r, v in vals.items():
+            if v != vals[ref]:
                 raise DataError(
-                    f"run {r}: {key} = {vals[r]} differs from run {ref} ({key} = "
+                    f"run {r}: {key} = {v} differs from run {ref} ({key} = "
                     f"{vals[ref]}); the runs of one job must share their operating conditions "
                     f"(give {_config_key(key)} in the config if the control data are wrong)")
         merged[key] = vals[ref]

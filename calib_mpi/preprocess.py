@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 NON_SCIENCE_KEYS = {"overwrite", "dry_run", "verbose", "quiet", "steps", "io_driver",
                     "chunk_frames", "config_file", "extra", "modules", "output_dir",
                     "missing_modules", "prefetch", "report", "plot", "export", "drscs_memory",
-                    "threads"}
+                    "threads", "pdu_names", "run_order"}
 
 
 def output_path(cfg: Config, module: int) -> Path:
