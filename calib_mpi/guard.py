@@ -82,16 +82,28 @@ def drop_cleanup(path: Path) -> None:
 
 
 def cleanup() -> None:
-    """Remove the job's temporary files and locks (any rank; errors ignored)."""
+    """Remove the job's temporary files and locks, then the directories it made for them
+    if they are empty (any rank; errors ignored)."""
     with _CLEANUP_LOCK:
         paths = list(_CLEANUP)
         _CLEANUP.clear()
+    dirs = sorted((p for p in paths if p.suffix == ".dir"), key=lambda p: -len(p.parts))
     for p in paths:
         try:
-            if p.suffix != ".lock" or _lock_is_mine(p):
+            if p.suffix == ".lock" and _lock_is_mine(p) or p.suffix == ".tmp":
                 p.unlink()
         except OSError:
             pass
+    for p in dirs:
+        try:
+            p.with_suffix("").rmdir()
+        except OSError:
+            pass
+
+
+def add_cleanup_dir(directory: Path) -> None:
+    """Remove ``directory`` if it is empty when the job is interrupted or aborted."""
+    add_cleanup(Path(f"{directory}.dir"))
 
 
 # ---------------------------------------------------------------- checks before reading
@@ -250,6 +262,8 @@ class OutputLocks:
                 lock.unlink(missing_ok=True)
         self.paths = []
         for d in self.made_dirs:  # deepest first
+            drop_cleanup(Path(f"{d}.dir"))
+        for d in self.made_dirs:
             try:
                 d.rmdir()
             except OSError:

@@ -29,6 +29,7 @@ from .gather import gather_run, release_node_buffers
 from .guard import (
     OutputLocks,
     add_cleanup,
+    add_cleanup_dir,
     check_free,
     leftover_tmps,
     preflight,
@@ -251,8 +252,11 @@ def take_locks(cfg: Config, comm: MPI.Comm, modules, n_cells: int) -> OutputLock
             locks.release()
             err = OutputError(f"{cfg.output_dir / cfg.measurement}: cannot be used ({e})")
     agree(comm, err, name_rank=False)
-    for lock in comm.bcast(locks.paths, root=0):  # any rank that aborts the job removes them
+    paths, dirs = comm.bcast((locks.paths, locks.made_dirs), root=0)
+    for lock in paths:  # any rank that aborts the job removes them
         add_cleanup(lock)
+    for d in dirs:
+        add_cleanup_dir(d)
     return locks
 
 
