@@ -263,8 +263,8 @@ def build_parser(default_files: list[str] | None = None) -> configargparse.ArgPa
         "--runs",
         "--run",
         nargs="+",
-        help="run numbers; dark: exactly three, in the order high, medium, low gain; drspc: "
-        "exactly eight, in the order r1..r8 (run k injects chip rows k mod 8); xray: one",
+        help="run numbers; dark: exactly three, high, medium, low gain (see run_order); "
+        "drspc: exactly eight, in the order r1..r8 (run k injects chip rows k mod 8); xray: one",
     )
     g.add_argument("--modules", "--module", nargs="+", help="module numbers, e.g. '0 3' or '0-15'")
     g.add_argument("--detector", help="XFEL detector source prefix, e.g. SPB_DET_AGIPD1M-1")
