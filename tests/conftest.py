@@ -50,7 +50,9 @@ def run_mpi(n: int, args: list[str], timeout: float = 120, env: dict | None = No
 
 
 #: a stand-in for ssh: drops the options and the host name and runs the command here (as
-#: the node's daemon, whose pid it leaves in <dir>/daemon-<host>.pid)
+#: the node's daemon, whose pid it leaves in <dir>/daemon-<host>.pid), with a temporary
+#: directory of the node's own: the daemons share the machine's host name, and in one
+#: session directory their PMIx stores collide (about 1 launch in 8 failed)
 RSH_AGENT = """#!/bin/sh
 while [ $# -gt 0 ]; do
   case "$1" in -*) shift ;; *) break ;; esac
@@ -58,13 +60,15 @@ done
 host=$1
 shift
 echo $$ > "{dir}/daemon-$host.pid"
+mkdir -p "{dir}/tmp-$host"
+export TMPDIR="{dir}/tmp-$host" OMPI_MCA_orte_tmpdir_base="{dir}/tmp-$host"
 eval "exec $*"
 """
 
 #: Open MPI over TCP on the loopback device (no shared-memory transport: ranks of different
 #: "nodes" share the machine, but must talk like separate hosts); ranks yield the cores while
 #: they wait (the daemons and 4 ranks share 2 cores) and are not bound; messages between
-#: the daemons go direct (the default tree sometimes fails to route to the second "node")
+#: the daemons go direct
 NODE_ENV = {"OMPI_MCA_mpi_yield_when_idle": "1"}
 NODE_MCA = ("--mca", "btl", "self,tcp", "--mca", "btl_tcp_if_include", "lo",
             "--mca", "oob_tcp_if_include", "lo", "--mca", "rtc", "^hwloc",

@@ -216,6 +216,7 @@ def test_rank_on_second_node_dies_mid_gather(nodes, dark, tmp_path):
     r = nodes.run((2, 2), [conf], timeout=90,
                   env={"CALIB_MPI_TEST_FAIL_READ": "rank=3,round=1,mode=exit"})
     assert r.returncode != 0, r.output
+    assert "plan: 3 run(s)" in r.output, r.output  # the job started: not a launch failure
     _assert_all_gone(str(conf))
     _no_results(out)
 
