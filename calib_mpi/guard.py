@@ -11,8 +11,9 @@ room for the results, and a clean end on write errors and signals.
   its locks and the output directory it created, when that is empty.
 - :func:`tmp_name` gives ``<result>.<host>-<pid>.tmp`` (rank 0's host and pid, the same on
   every rank), so two jobs never share a temporary file.
-- :func:`check_room` (rank 0) reserves the size of a result with ``posix_fallocate`` before
-  it is written (quota- and tmpfs-aware) and says how much is missing.
+- :func:`check_free` (rank 0, before reading) and :func:`check_room` (rank 0, before each
+  file: reserves its size with ``fallocate``, quota- and tmpfs-aware) refuse results that do
+  not fit and say how much is missing.
 - :func:`abort_write` ends the whole job with exit 2 after a write error on any rank: the
   temporary file and the locks are removed, the old result is untouched, no rank hangs in a
   collective HDF5 call.
@@ -22,6 +23,7 @@ room for the results, and a clean end on write errors and signals.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import json
 import logging
@@ -299,6 +301,19 @@ def check_free(directory: Path, nbytes: int, n_files: int) -> None:
             "or choose another output_dir")
 
 
+def _fallocate(fd: int, nbytes: int) -> None:
+    """Reserve ``nbytes`` for ``fd`` with Linux ``fallocate`` (file systems without it raise
+    EOPNOTSUPP; unlike ``posix_fallocate`` it never falls back to writing zeros)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    func = getattr(libc, "fallocate", None)
+    if func is None:
+        raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP))
+    func.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
+    if func(fd, 0, 0, nbytes) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+
+
 def check_room(path: Path, nbytes: int) -> None:
     """Rank 0: make sure ``nbytes`` can be written at ``path`` (its temporary file) by
     reserving them (``posix_fallocate``); raise :class:`OutputError` saying how much is
@@ -310,7 +325,7 @@ def check_room(path: Path, nbytes: int) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     add_cleanup(path)
     try:
-        os.posix_fallocate(fd, 0, max(nbytes, 1))
+        _fallocate(fd, max(nbytes, 1))
     except OSError as e:
         os.close(fd)
         path.unlink(missing_ok=True)

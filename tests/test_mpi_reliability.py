@@ -151,6 +151,12 @@ def test_full_file_system_is_refused_before_writing(dark_set, tmp_path, small_fs
     assert f"not enough room in {small_fs / 'dark'} for 2 result file(s)" in r.stderr
     assert "MB missing" in r.stderr and "Traceback" not in r.stderr
     assert list(small_fs.iterdir()) == []
+    # the reservation made before each file (another job may have taken the room since)
+    with pytest.raises(guard.OutputError, match=r"needs about 5.0 MB, .* MB missing"):
+        guard.check_room(small_fs / "r.h5.tmp", 5_000_000)
+    assert list(small_fs.iterdir()) == []
+    guard.check_room(small_fs / "r.h5.tmp", 500_000)
+    assert (small_fs / "r.h5.tmp").stat().st_blocks * 512 >= 500_000
 
 
 def test_real_enospc_mid_write_does_not_hang(dark_set, tmp_path, small_fs):
