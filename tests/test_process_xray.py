@@ -23,7 +23,14 @@ import pytest
 from scipy.stats import norm
 
 from calib_mpi.badpixels import BadPixels
-from calib_mpi.process.xray import XrayAccumulator, estimate_origin, flag_deviation
+from calib_mpi.process.xray import (
+    Status,
+    XrayAccumulator,
+    _refine,
+    estimate_origin,
+    find_peaks,
+    flag_deviation,
+)
 from calib_mpi.synthetic.xray import XrayRun, make_xray_run
 
 WINDOW = 2.5  # XrayAccumulator default window_sigmas
@@ -330,3 +337,68 @@ def test_overlapping_peaks_unbiased():
     err = res["photon_spacing"][0].astype(np.float64) - run.spacing
     check_pulls(err[ok], spacing_se(run)[ok], std_range=(0.9, 1.2))
     check_pulls(err[ok], res["spacing_error"][0][ok].astype(np.float64))
+
+
+def test_eval_status_of_broken_pixels(broken, broken_result):
+    status = broken_result["eval_status"][0]
+    assert status.dtype == np.uint8
+    bits = broken_result["bad_pixels"][0]
+    assert np.all(status[2] == Status.NO_ENTRIES)
+    eval_error = (bits & BadPixels.FF_GAIN_EVAL_ERROR) != 0
+    assert np.all((status != Status.OK) == (eval_error | (status == Status.NO_ENTRIES)))
+    for kind in ("dead", "no_photons"):  # one peak only
+        c, r, k = broken.broken[kind].T
+        assert np.all(status[c, r, k] == Status.NO_ONE_PHOTON_PEAK), kind
+
+
+def _box_sums(density: np.ndarray, half: int = 5) -> np.ndarray:
+    """Exact box sums (width 2 half + 1, zero padded) of integer histograms ``(rows, bins)``."""
+    cum = np.concatenate([np.zeros((density.shape[0], 1), np.int64),
+                          np.cumsum(density, axis=1)], axis=1)
+    n = density.shape[1]
+    idx = np.arange(n)
+    return cum[:, np.minimum(idx + half + 1, n)] - cum[:, np.maximum(idx - half, 0)]
+
+
+def _gauss(n_bins: int, peaks: list[tuple[float, float, float]]) -> np.ndarray:
+    x = np.arange(n_bins)
+    return np.rint(sum(a * np.exp(-0.5 * ((x - m) / s) ** 2) for a, m, s in peaks)).astype(int)
+
+
+def test_find_peaks_lowest_significant_maximum():
+    hists = np.stack([
+        # mean photon number 2: noise peak lower than the 1- and 2-photon peaks
+        _gauss(512, [(40, 100, 6), (80, 170, 7), (80, 240, 8)]),
+        # low occupancy: small 1-photon peak, no 2-photon peak
+        _gauss(512, [(400, 100, 6), (40, 170, 7)]),
+        # a tiny bump below the noise peak is not significant; nothing above it
+        _gauss(512, [(3, 40, 3), (400, 100, 6)]),
+    ])
+    got = find_peaks(_box_sums(hists), 5, 10.0, 5.0, 30.0)
+    assert got.tolist() == [[100, 170, 240], [100, 170, -1], [100, -1, -1]]
+    # box sums with equal maxima 12 bins apart on one peak: only the lower one is a peak
+    hs = _gauss(512, [(250, 100, 8), (60, 180, 8)])
+    hs[95:106] = 280
+    hs[[94, 106]] = 300
+    (p0, p1, p2), = find_peaks(hs[None], 5, 10.0, 5.0, 30.0)
+    assert p0 == 94 and abs(p1 - 180) <= 1 and p2 == -1  # 179, 180: a rounded plateau
+
+
+def test_nan_positions_never_index_the_histogram():
+    """Regression: a NaN peak position (a diverged row, or a missing 2-photon peak) was cast to
+    int (-2**63) inside the windowed sums and raised IndexError."""
+    rows = np.stack([_gauss(512, [(400, 100, 6), (40, 170, 7), (3, 240, 8)])] * 3)
+    p0 = np.array([100.0, np.nan, 100.0])
+    p1 = np.array([170.0, 170.0, np.nan])
+    fit = _refine(rows, p0, p1, WINDOW, 10, p2=np.array([240.0, np.nan, 240.0]))
+    assert fit["ok"].tolist() == [True, False, False]
+    assert abs(fit["mu0"][0] - 100) < 0.1 and abs(fit["mu1"][0] - 170) < 0.1
+    assert np.all(np.isnan(fit["mu1"][1:])) and np.all(np.isnan(fit["mu2"][1:]))
+
+
+@pytest.mark.parametrize("n_trains", [160, 200])
+def test_few_trains_do_not_crash(n_trains):
+    run = make_xray_run(seed=n_trains, n_cells=1, n_trains=n_trains, n_dead=2, n_noisy=2)
+    res = accumulate(run).finalize()
+    ok = res["eval_status"][0] == Status.OK
+    assert ok.any() and np.array_equal(ok, np.isfinite(res["photon_spacing"][0]))

@@ -6,15 +6,18 @@ per-(cell, pixel) ``origin``. The histograms are exact integer counts, so adding
 chunking or order, or merging accumulators of different ranks, gives bit-identical results.
 
 ``finalize`` works on all (cell, pixel) histograms at once as a ``(rows, n_bins)`` array (in
-blocks of rows to bound temporary memory). Peak finding uses box sums of ``smooth`` bins
-(cumulative sums): the noise (0-photon) peak is the highest maximum; the 1-photon peak is the
-bin more than ``min_spacing`` above it that rises most above the deepest valley between the
-two (largest left-hand prominence), accepted only if that rise is significant, the valley real
-(``quality``) and both peaks high enough. Both peaks are then refined on the **unsmoothed**
-histogram by an iterated, truncation-corrected windowed-moment Gaussian estimate, with the
-tails of the neighbouring peaks subtracted (see ``_refine``). Failures give NaN and a bad-pixel
-bit, never 0. Cost: ~1.2 s for 16 cells x 4096 pixels x 512 bins on one core (~25-30 s for
-352 cells), linear in the number of (cell, pixel) histograms.
+blocks of rows to bound temporary memory). Peak finding (``find_peaks``) uses box sums of
+``smooth`` bins (cumulative sums): the noise (0-photon) peak is the **lowest significant
+maximum** (rising above its neighbourhood by ``peak_n_sigma`` Poisson sigmas), the 1-photon
+peak the next significant maximum more than ``min_spacing`` above it, so the rule holds from low
+occupancy up to a mean photon number of ~2, where the 1- and 2-photon peaks are higher than the
+noise peak. A 2-photon peak, where found, is refined as a consistency check of the spacing
+(``two_photon_spacing``), never taken for the 1-photon peak. Both peaks are then refined on the
+**unsmoothed** histogram by an iterated, truncation-corrected windowed-moment Gaussian estimate,
+with the tails of the neighbouring peaks subtracted (see ``_refine``). Failures give NaN, a
+bad-pixel bit and the reason in ``eval_status`` (:class:`Status`), never 0. Cost: ~1.2 s for 16
+cells x 4096 pixels x 512 bins on one core (~25-30 s for 352 cells), linear in the number of
+(cell, pixel) histograms.
 
 Memory of the accumulator per ASIC: ``n_cells x 4096 x n_bins x itemsize`` bytes, i.e. with the
 default ``n_bins = 512`` 8 MiB per cell for ``uint32`` counts (16 cells: 128 MiB, 352 cells:
@@ -26,13 +29,14 @@ allowed while no cell has received more than 65535 frames (checked in ``update``
 from __future__ import annotations
 
 import warnings
+from enum import IntEnum
 
 import numpy as np
 from scipy.special import ndtr
 
 from calib_mpi.badpixels import BAD_PIXEL_DTYPE, BadPixels
 
-__all__ = ["XrayAccumulator", "estimate_origin", "flag_deviation"]
+__all__ = ["Status", "XrayAccumulator", "estimate_origin", "find_peaks", "flag_deviation"]
 
 N_PIXELS = 64 * 64
 CU_K_ALPHA_KEV = 8.04
@@ -46,6 +50,32 @@ _BINNING_VARIANCE = 1.0 / 6.0
 _FINALIZE_ROWS = 2048
 # Largest bincount output (elements) of one cell block in ``update``.
 _BINCOUNT_BUDGET = 1 << 22
+# Per-row results of ``_evaluate`` (bin units relative to the origin).
+_RESULT_KEYS = ("mu0", "mu1", "mu2", "emu0", "emu1", "emu2", "s0", "s1", "es0", "es1", "quality")
+
+
+class Status(IntEnum):
+    """``eval_status`` of a (cell, pixel): 0 = result, else the reason there is none."""
+
+    OK = 0
+    #: no sample at all (``FF_NO_ENTRIES``)
+    NO_ENTRIES = 1
+    #: no significant maximum (also: every sample outside the histogram)
+    NO_NOISE_PEAK = 2
+    #: no significant maximum more than ``min_spacing`` above the noise peak
+    NO_ONE_PHOTON_PEAK = 3
+    #: a refinement window leaves the histogram
+    AT_EDGE = 4
+    #: refinement failed (no positive width, or spacing <= ``min_spacing`` once refined)
+    REFINE_FAILED = 5
+    #: more than ``BELOW_NOISE_SHARE`` of the entries lie ``BELOW_NOISE_SIGMAS`` noise widths
+    #: below the noise peak: a lower, unresolved peak (the peak found is not the noise peak)
+    ENTRIES_BELOW = 6
+
+
+#: ``Status.ENTRIES_BELOW``: share of the entries and distance (noise peak sigmas)
+BELOW_NOISE_SHARE = 0.01
+BELOW_NOISE_SIGMAS = 4.0
 
 
 def _as_frames(analog: np.ndarray, cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -68,18 +98,19 @@ def estimate_origin(
     cells: np.ndarray,
     n_cells: int,
     margin: int = 64,
-    quantile: float = 0.25,
+    quantile: float = 0.0,
 ) -> np.ndarray:
     """Histogram origin per (cell, pixel) from a sample of frames.
 
     The origin is ``q - margin`` with ``q`` the ``quantile`` of the sampled values of each
     (cell, pixel) (the sorted value of rank ``floor(quantile * (n - 1))``, an integer). The
-    default lower quartile stays in the noise peak for a mean photon number up to ~1.4 even
-    for small samples, while the median leaves it for a noticeable fraction of pixels of a small
-    sample once the mean photon number approaches ln 2 ~ 0.69 (e.g. 1.5 % of the pixels for
-    100 frames at 0.5 photons). Cells without frames get the ASIC-wide median of the
-    per-(cell, pixel) quantiles, minus the margin. Without any valid frame the origin is
-    ``-margin``. The result does not depend on the frame order.
+    default is the sample **minimum**: it lies in the low tail of the noise peak whenever the
+    sample holds a 0-photon frame, whatever the photon occupancy (a sample of 64 frames misses
+    every 0-photon frame with probability ``(1 - exp(-mean))^64``: 1e-4 at a mean photon
+    number of 2), whereas any fixed quantile leaves the noise peak once the 0-photon share
+    drops below it (the lower quartile at a mean of ~1.4). Cells without frames get the
+    ASIC-wide median of the per-(cell, pixel) quantiles, minus the margin. Without any valid
+    frame the origin is ``-margin``. The result does not depend on the frame order.
 
     Parameters
     ----------
@@ -87,7 +118,7 @@ def estimate_origin(
     cells : (frame,) int, memory cell of each frame, -1 (or out of range) = invalid, ignored.
     n_cells : number of memory cells.
     margin : ADU kept below the quantile.
-    quantile : in [0, 1], 0.5 = (lower) median.
+    quantile : in [0, 1], 0 = minimum, 0.5 = (lower) median.
 
     Returns
     -------
@@ -155,14 +186,13 @@ class XrayAccumulator:
         frames per cell).
     smooth : odd width (bins) of the box sum used for peak finding only.
     min_spacing : ADU; the 1-photon peak must be more than this above the noise peak (both on
-        the smoothed and on the refined positions).
+        the smoothed and on the refined positions), the 2-photon peak above the 1-photon peak.
     window_sigmas : half-width of the refinement window in peak sigmas (capped at half the
         peak spacing).
     n_iter : refinement iterations.
-    min_peak_counts : minimum smoothed (box-sum) height of both peaks.
-    peak_n_sigma : the 1-photon peak must rise above the valley by this many Poisson sigmas
-        of the smoothed counts, ``sqrt(peak + valley)``.
-    min_quality : minimum ``quality`` (valley depth relative to the 1-photon peak height).
+    min_peak_counts : minimum smoothed (box-sum) height of a peak.
+    peak_n_sigma : a maximum is a peak when it rises above the level of its neighbourhood by
+        this many Poisson sigmas of the box sums, ``sqrt(peak + level)`` (see ``find_peaks``).
     deviation_n_sigma : band of ``flag_deviation`` applied per cell over the ASIC in
         ``finalize``; None to skip (e.g. when the pipeline applies it module-wide).
     method : histogramming path of ``update``, all exact and identical in result: "sort"
@@ -185,7 +215,6 @@ class XrayAccumulator:
         n_iter: int = 10,
         min_peak_counts: float = 30.0,
         peak_n_sigma: float = 5.0,
-        min_quality: float = 0.5,
         deviation_n_sigma: float | None = 5.0,
         method: str = "auto",
     ) -> None:
@@ -208,7 +237,6 @@ class XrayAccumulator:
         self.n_iter = int(n_iter)
         self.min_peak_counts = float(min_peak_counts)
         self.peak_n_sigma = float(peak_n_sigma)
-        self.min_quality = float(min_quality)
         self.deviation_n_sigma = deviation_n_sigma
         if method not in ("auto", "sort", "bincount"):
             raise ValueError("method must be 'auto', 'sort' or 'bincount'")
@@ -338,24 +366,30 @@ class XrayAccumulator:
         - ``gain_adu_per_kev`` (1,) float32, ``photon_spacing / photon_energy_kev``;
         - ``n_entries``, ``underflow``, ``overflow`` (1,) int32, samples inside / below /
           above the histogram range;
+        - ``two_photon_spacing`` (1,) float32, ADU, ``mu2 - mu1`` where a significant 2-photon
+          peak was found (else NaN): a consistency check of ``photon_spacing``;
+        - ``two_photon_error`` (1,) float32, ADU, ``sqrt(err(mu1)^2 + err(mu2)^2)``;
+        - ``eval_status`` (1,) uint8, :class:`Status` (0 = result, else why there is none);
         - ``bad_pixels`` (1,) uint32: ``FF_NO_ENTRIES`` (no samples at all),
-          ``FF_GAIN_EVAL_ERROR`` (no reliable pair of peaks; all float outputs NaN),
-          ``FF_GAIN_DEVIATION`` (see ``flag_deviation``; values kept).
+          ``FF_GAIN_EVAL_ERROR`` (no reliable pair of peaks, ``eval_status`` says why; all
+          float outputs NaN), ``FF_GAIN_DEVIATION`` (see ``flag_deviation``; values kept).
         """
         n_rows = self.counts.shape[0]
-        keys = ("mu0", "mu1", "emu0", "emu1", "s0", "s1", "es0", "es1", "quality")
-        res = {k: np.full(n_rows, np.nan) for k in keys}
+        res = {k: np.full(n_rows, np.nan) for k in _RESULT_KEYS}
         n_in = np.zeros(n_rows, np.int64)
+        status = np.zeros(n_rows, np.uint8)
         for r0 in range(0, n_rows, _FINALIZE_ROWS):
             r1 = min(r0 + _FINALIZE_ROWS, n_rows)
-            part, n_in[r0:r1] = self._evaluate(self.counts[r0:r1])
-            for k in keys:
+            part, n_in[r0:r1], status[r0:r1] = self._evaluate(self.counts[r0:r1])
+            for k in _RESULT_KEYS:
                 res[k][r0:r1] = part[k]
         origin = self.origin.reshape(-1).astype(np.float64)
         mu0 = res["mu0"] + origin
         mu1 = res["mu1"] + origin
         spacing = mu1 - mu0
         total = n_in + self.underflow + self.overflow
+        status[total == 0] = Status.NO_ENTRIES
+        status[(total > 0) & (n_in == 0)] = Status.NO_NOISE_PEAK
         bad = np.zeros(n_rows, BAD_PIXEL_DTYPE)
         bad[total == 0] |= BAD_PIXEL_DTYPE(BadPixels.FF_NO_ENTRIES)
         bad[(total > 0) & ~np.isfinite(spacing)] |= BAD_PIXEL_DTYPE(BadPixels.FF_GAIN_EVAL_ERROR)
@@ -374,20 +408,25 @@ class XrayAccumulator:
             "peak_error": pack(res["es0"], res["es1"]),
             "quality": pack(res["quality"]),
             "gain_adu_per_kev": pack(spacing / self.photon_energy_kev),
+            "two_photon_spacing": pack(res["mu2"] - res["mu1"]),
+            "two_photon_error": pack(np.hypot(res["emu1"], res["emu2"])),
             "n_entries": pack(n_in, dtype=np.int32),
             "underflow": pack(self.underflow, dtype=np.int32),
             "overflow": pack(self.overflow, dtype=np.int32),
+            "eval_status": pack(status, dtype=np.uint8),
             "bad_pixels": pack(bad, dtype=BAD_PIXEL_DTYPE),
         }
         if self.deviation_n_sigma is not None:
             out["bad_pixels"] |= flag_deviation(out["photon_spacing"], self.deviation_n_sigma)
         return out
 
-    def _evaluate(self, counts: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    def _evaluate(
+        self, counts: np.ndarray
+    ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
         """Peak search and refinement for a block of histograms ``(rows, n_bins)``.
 
-        Positions are returned in bin units relative to the origin (bin i holds value
-        ``origin + i``); failed rows are NaN.
+        Returns the results (positions in bin units relative to the origin, bin i holds value
+        ``origin + i``; failed rows NaN), the entries per row and the :class:`Status` per row.
         """
         n_rows, n_bins = counts.shape
         rows = np.arange(n_rows)
@@ -404,58 +443,130 @@ class XrayAccumulator:
         pad[:, half + n_bins + 1 :] = cum[:, -1:]
         hs = pad[:, 2 * half + 1 :] - pad[:, :n_bins]
         del pad
-        p0 = np.argmax(hs, axis=1)
-        h0 = hs[rows, p0]
-        # Running minimum from the noise peak upwards = deepest valley before each bin; the
-        # 1-photon peak is the bin more than min_spacing above p0 rising most above it.
-        big = np.iinfo(np.int64).max
-        run_min = np.where(j >= p0[:, None], hs, big)
-        np.minimum.accumulate(run_min, axis=1, out=run_min)
-        prom = hs - run_min
-        prom[j <= p0[:, None] + self.min_spacing] = -1
-        p1 = np.argmax(prom, axis=1)
-        h1 = hs[rows, p1]
-        valley = run_min[rows, p1]
-        rise = h1 - valley
-        del hs, run_min, prom
+        peaks = find_peaks(hs, half, self.min_spacing, self.peak_n_sigma, self.min_peak_counts)
+        p0, p1 = peaks[:, 0], peaks[:, 1]
+        found = p1 >= 0
+        p0c, p1c = np.maximum(p0, 0), np.maximum(p1, 0)
+        between = (j >= p0c[:, None]) & (j <= p1c[:, None])
+        valley = np.where(between, hs, np.iinfo(np.int64).max).min(axis=1)
+        h1 = hs[rows, p1c]
+        del hs, between
         with np.errstate(invalid="ignore", divide="ignore"):
-            quality = rise / h1
-        ok = (
-            (h0 >= self.min_peak_counts)
-            & (h1 >= self.min_peak_counts)
-            & (rise > 0)
-            & (rise >= self.peak_n_sigma * np.sqrt(h1 + valley))
-            & (quality >= self.min_quality)
-            & (p1 < n_bins - 1)
-        )
+            quality = (h1 - valley) / h1
+        status = np.where(p0 < 0, Status.NO_NOISE_PEAK, Status.NO_ONE_PHOTON_PEAK)
+        status[found] = Status.OK
+        status[n_in == 0] = Status.NO_ENTRIES
+        ok = found & (n_in > 0)
 
         # Refinement on the unsmoothed histogram, only for rows with a candidate pair.
         sel = np.flatnonzero(ok)
-        res = {
-            k: np.full(n_rows, np.nan)
-            for k in ("mu0", "mu1", "emu0", "emu1", "s0", "s1", "es0", "es1")
-        }
+        res = {k: np.full(n_rows, np.nan) for k in _RESULT_KEYS}
         res["quality"] = np.where(ok, quality, np.nan)
         if sel.size:
-            fit = _refine(
-                counts[sel],
-                p0[sel].astype(np.float64),
-                p1[sel].astype(np.float64),
-                self.window_sigmas,
-                self.n_iter,
-            )
-            good = (
-                fit["ok"]
-                & (fit["mu1"] - fit["mu0"] > self.min_spacing)
-                & np.isfinite(fit["es0"])
-                & np.isfinite(fit["es1"])
-            )
+            fit = _refine(counts[sel], p0[sel].astype(np.float64), p1[sel].astype(np.float64),
+                          self.window_sigmas, self.n_iter, peaks[sel, 2].astype(np.float64))
+            good = fit["ok"] & (fit["mu1"] - fit["mu0"] > self.min_spacing)
+            good &= np.isfinite(fit["es0"]) & np.isfinite(fit["es1"])
+            # Each refined peak must stay nearer to its own search position than to the other
+            # peak's (overlapping peaks can otherwise drift into one another).
+            reach = 0.5 * (p1[sel] - p0[sel])
+            good &= (np.abs(fit["mu0"] - p0[sel]) < reach) & (np.abs(fit["mu1"] - p1[sel]) < reach)
+            # A Gaussian noise peak leaves ~3e-5 of its entries 4 sigma below it; many more
+            # mean the real noise peak lies lower, unresolved (not significant on its own).
+            with np.errstate(invalid="ignore"):
+                edge = np.floor(fit["mu0"] - BELOW_NOISE_SIGMAS * fit["s0"] + 0.5)
+            k_edge = np.clip(np.nan_to_num(edge), 0, n_bins).astype(np.intp)
+            below = cum[sel, k_edge] > BELOW_NOISE_SHARE * n_in[sel]
+            below &= good
+            good &= ~below
+            status[sel[~good]] = Status.REFINE_FAILED
+            status[sel[below]] = Status.ENTRIES_BELOW
+            status[sel[~fit["inside"]]] = Status.AT_EDGE
             sel_good = sel[good]
-            for k in res:
+            for k in _RESULT_KEYS:
                 if k != "quality":
                     res[k][sel_good] = fit[k][good]
             res["quality"][sel[~good]] = np.nan
-        return res, n_in
+        return res, n_in, status
+
+
+def find_peaks(
+    hs: np.ndarray, half: int, min_spacing: float, n_sigma: float, min_counts: float
+) -> np.ndarray:
+    """Noise, 1- and 2-photon peak bins of box-summed histograms (lowest significant maxima).
+
+    A bin ``j`` is a **maximum** when ``hs[j] >= min_counts``, ``hs[j]`` is larger than the
+    ``half`` bins below it and not smaller than the ``half`` bins above it. Its **level** is the
+    higher of the two lowest box sums met when walking down- and upwards from ``j`` until a
+    larger box sum (downwards: larger or equal) or the histogram end is reached (its
+    topographic prominence is ``hs[j] - level``; of equal maxima the lowest keeps it). The
+    maximum is **significant** when ``hs[j] - level >= n_sigma * sqrt(hs[j] + level)``
+    (Poisson sigma of the two box sums), so
+    the rule does not depend on a fixed count or on which peak is the highest. The noise peak
+    is the lowest significant maximum; the 1-photon peak the next one more than
+    ``min_spacing`` bins above it, the 2-photon peak the next one more than ``min_spacing``
+    above that. Only whole-array operations (loops over walking distance, not over rows).
+
+    Parameters
+    ----------
+    hs : (rows, n_bins) int64 box sums of the histograms.
+    half : half-width (bins) of the local-maximum test.
+    min_spacing : bins; least distance between consecutive peaks.
+    n_sigma : significance in Poisson sigmas.
+    min_counts : least box sum of a maximum.
+
+    Returns
+    -------
+    (rows, 3) int64 bins of the noise, 1- and 2-photon peaks, -1 where there is none.
+    """
+    n_rows, n_bins = hs.shape
+    left_max = np.full(hs.shape, -1, np.int64)
+    right_max = np.full(hs.shape, -1, np.int64)
+    for d in range(1, half + 1):
+        np.maximum(left_max[:, d:], hs[:, :-d], out=left_max[:, d:])
+        np.maximum(right_max[:, :-d], hs[:, d:], out=right_max[:, :-d])
+    cand = (hs >= min_counts) & (hs > left_max) & (hs >= right_max)
+    del left_max, right_max
+    r, j = np.nonzero(cand)
+    height = hs[r, j]
+    levels = []
+    for step in (-1, 1):
+        # Lowest box sum before a larger one (downwards: larger or equal, so that of equal
+        # maxima only the lowest keeps its prominence), walking from j in direction `step`;
+        # where no such box sum follows, the running minimum to the histogram end.
+        seq = hs if step > 0 else hs[:, ::-1]
+        tail_min = np.minimum.accumulate(seq[:, ::-1], axis=1)[:, ::-1]
+        tail_max = np.full(hs.shape, -1, np.int64)
+        tail_max[:, :-1] = np.maximum.accumulate(seq[:, :0:-1], axis=1)[:, ::-1]
+        jj = j if step > 0 else n_bins - 1 - j
+        level = tail_min[r, jj].copy()
+        stops = tail_max[r, jj] > height if step > 0 else tail_max[r, jj] >= height
+        walk = np.flatnonzero(stops)
+        del tail_min, tail_max
+        low = height[walk].copy()
+        pos = j[walk].copy()
+        while walk.size:
+            pos += step
+            v = hs[r[walk], pos]
+            stop = v > height[walk] if step > 0 else v >= height[walk]
+            level[walk[stop]] = low[stop]
+            np.minimum(low, v, out=low)
+            keep = ~stop
+            walk, low, pos = walk[keep], low[keep], pos[keep]
+        levels.append(level)
+    level = np.maximum(levels[0], levels[1])
+    significant = height - level >= n_sigma * np.sqrt(height + level)
+    sig = np.zeros(hs.shape, bool)
+    sig[r[significant], j[significant]] = True
+    out = np.full((n_rows, 3), -1, np.int64)
+    bins = np.arange(n_bins)
+    above = np.full(n_rows, -np.inf)
+    for q in range(3):
+        mask = sig & (bins > above[:, None])
+        has = mask.any(axis=1)
+        out[has, q] = np.argmax(mask[has], axis=1)
+        above = np.where(has, out[:, q] + min_spacing, np.inf)
+    return out
 
 
 def _truncated_moments(a: np.ndarray) -> dict[str, np.ndarray]:
@@ -468,7 +579,12 @@ def _truncated_moments(a: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def _refine(
-    counts: np.ndarray, p0: np.ndarray, p1: np.ndarray, k: float, n_iter: int
+    counts: np.ndarray,
+    p0: np.ndarray,
+    p1: np.ndarray,
+    k: float,
+    n_iter: int,
+    p2: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Gaussian mean and sigma of both peaks from iterated windowed moments.
 
@@ -487,6 +603,12 @@ def _refine(
     the asymptotic ones of these windowed (hard-rejection) M-estimators for N entries of the
     peak, ``N = N_window / M0``: ``var(mu) = s^2 / (N M2)``,
     ``var(s) = s^2 E[psi^2] / (N g'^2)`` with ``psi = (x^2 - c) 1{|x|<a}``.
+
+    ``p2`` (bins, negative = none): start of the 2-photon peak, whose mean ``mu2`` (and error
+    ``emu2``) is then estimated the same way (1-photon and Poisson-predicted 3-photon tails
+    subtracted), NaN elsewhere. Non-finite positions (a diverged row) never index the
+    histogram: their window sums are NaN, so the row stays NaN. ``ok`` = usable pair,
+    ``inside`` = no window known to leave the histogram.
     """
     n_rows, n_bins = counts.shape
     rows = np.arange(n_rows)
@@ -500,9 +622,10 @@ def _refine(
     np.cumsum(h * (i * i + 1.0 / 12.0), axis=1, out=c2[:, 1:])
 
     def cumulative(t: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        u = t + 0.5
+        finite = np.isfinite(t)
+        u = np.where(finite, t, 0.0) + 0.5
         jj = np.clip(np.floor(u), 0, n_bins - 1).astype(np.intp)
-        f = np.clip(u - jj, 0.0, 1.0)
+        f = np.where(finite, np.clip(u - jj, 0.0, 1.0), np.nan)
         e = jj - 0.5
         hj = h[rows, jj]
         f0 = c0[rows, jj] + hj * f
@@ -528,6 +651,31 @@ def _refine(
         f = np.nan_to_num(alpha * pa) - np.nan_to_num(beta * pb)
         z2 = (mu_g * mu_g + s_g * s_g) * d + 2.0 * mu_g * s_g * e + s_g * s_g * f
         return n * d, n * (mu_g * d + s_g * e), n * z2
+
+    def two_photon(
+        mu2: np.ndarray, mu: list[np.ndarray], s: list[np.ndarray], n_peak: list[np.ndarray]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and its standard error of the 2-photon peak from start ``mu2`` (NaN = none)."""
+        s2 = np.sqrt(np.maximum(2.0 * s[1] ** 2 - s[0] ** 2, s[1] ** 2))
+        s3 = np.sqrt(np.maximum(3.0 * s[1] ** 2 - 2.0 * s[0] ** 2, s[1] ** 2))
+        n3 = n_peak[1] ** 3 / (6.0 * n_peak[0] ** 2)
+        n2 = np.zeros(n_rows)
+        for _ in range(n_iter):
+            spacing2 = mu2 - mu[1]
+            half = np.minimum(k * s2, 0.5 * spacing2)
+            sums = window(mu2, half)
+            for n_o, mu_o, s_o in ((n_peak[1], mu[1], s[1]), (n3, mu2 + spacing2, s3)):
+                z = gauss_sums(mu2 - half, mu2 + half, n_o, mu_o, s_o)
+                sums = [w - zz for w, zz in zip(sums, z, strict=True)]
+            mean = sums[1] / sums[0]
+            m = _truncated_moments(half / s2)
+            s2 = np.sqrt(np.maximum(sums[2] / sums[0] - mean * mean, 0.0) * m["m0"] / m["m2"])
+            mu2, n2 = mean, sums[0] / m["m0"]
+        half = np.minimum(k * s2, 0.5 * (mu2 - mu[1]))
+        emu2 = s2 / np.sqrt(n2 * _truncated_moments(half / s2)["m2"])
+        good = (mu2 - half >= -0.5) & (mu2 + half <= n_bins - 0.5) & (n2 > 0) & (s2 > 0)
+        good &= np.isfinite(emu2)
+        return np.where(good, mu2, np.nan), np.where(good, emu2, np.nan)
 
     mu = [p0.copy(), p1.copy()]
     s = [(p1 - p0) / (2.0 * k)] * 2
@@ -560,7 +708,7 @@ def _refine(
             mu = [new[0][0], new[1][0]]
             s = [new[0][1], new[1][1]]
             n_peak = [new[0][2], new[1][2]]
-        out: dict[str, np.ndarray] = {"ok": np.ones(n_rows, bool)}
+        out: dict[str, np.ndarray] = {"ok": np.ones(n_rows, bool), "inside": np.ones(n_rows, bool)}
         spacing = mu[1] - mu[0]
         for q in (0, 1):
             half = np.minimum(k * s[q], 0.5 * spacing)
@@ -576,6 +724,10 @@ def _refine(
             out[f"s{q}"] = sigma
             out[f"emu{q}"] = s[q] / np.sqrt(n_peak[q] * m["m2"])
             out[f"es{q}"] = se_s * s[q] / sigma
-            inside = (mu[q] - half >= -0.5) & (mu[q] + half <= n_bins - 0.5)
-            out["ok"] &= np.isfinite(mu[q]) & (sigma2 > 0) & (n_peak[q] > 0) & inside
+            outside = (mu[q] - half < -0.5) | (mu[q] + half > n_bins - 0.5)
+            out["inside"] &= ~outside
+            out["ok"] &= np.isfinite(mu[q]) & (sigma2 > 0) & (n_peak[q] > 0) & ~outside
+        if p2 is None:
+            p2 = np.full(n_rows, -1.0)
+        out["mu2"], out["emu2"] = two_photon(np.where(p2 >= 0, p2, np.nan), mu, s, n_peak)
     return out

@@ -8,8 +8,9 @@ on the rank count and ``chunk_frames``. The rule, deterministic and with bounded
 1. **Origin sample.** For each module, the origin trains are its first ``xray_origin_trains``
    (default 64) trains with data, known from the plan (used trains of the module with a good
    frame, in train-ID order) before any frame is read. The origin of a (cell, pixel) is the
-   lower quartile of its analog values in those trains minus ``xray_origin_margin`` (64 ADU),
-   :func:`calib_mpi.process.xray.estimate_origin` (order-independent). The sample is a fixed
+   minimum of its analog values in those trains minus ``xray_origin_margin`` (64 ADU),
+   :func:`calib_mpi.process.xray.estimate_origin` (order-independent; the minimum lies in the
+   noise peak's low tail at any photon occupancy). The sample is a fixed
    set of frames, so the origin does not depend on the rank count, chunking or arrival order.
 2. **Buffer until the sample is complete.** Until every origin train has arrived (the gather
    delivers whole trains: slabs never split one), an ASIC's frames are kept as (frame, 64, 64)
@@ -28,7 +29,8 @@ on the rank count and ``chunk_frames``. The rule, deterministic and with bounded
    buffer is larger.
 
 Histogram counts are exact integers, so the result is bit-identical for any rank count. Bad
-pixels: ``FF_NO_ENTRIES``, ``FF_GAIN_EVAL_ERROR`` (no reliable pair of peaks, values NaN) and
+pixels: ``FF_NO_ENTRIES``, ``FF_GAIN_EVAL_ERROR`` (no reliable pair of peaks, values NaN, the
+reason in ``eval_status``, counted per reason in the job summary) and
 ``FF_GAIN_DEVIATION`` (spacing beyond ``xray_deviation_sigma`` robust sigmas of the ASIC's median
 per cell). The photon energy comes from ``xray_target`` (K-alpha) or ``photon_energy``.
 """
@@ -43,7 +45,7 @@ from ..errors import ConfigError
 from ..join import DatasetSpec
 from ..plan import Plan, Unit
 from ..process.dark import module_reference, unit_quantiles
-from ..process.xray import XrayAccumulator, estimate_origin
+from ..process.xray import Status, XrayAccumulator, estimate_origin
 
 DIMS = ("gain", "cell", "slow_scan", "fast_scan")
 PEAK_DIMS = ("peak", "cell", "slow_scan", "fast_scan")
@@ -107,6 +109,29 @@ class _Pending:
         return np.concatenate(self.analog), np.concatenate(self.cells), np.concatenate(self.trains)
 
 
+#: 2-photon check: |(mu2 - mu1) - (mu1 - mu0)| beyond this many standard errors = inconsistent
+TWO_PHOTON_N_SIGMA = 5.0
+
+
+def _empty_summary() -> dict:
+    return {"bad": 0, "status": np.zeros(len(Status), np.int64),
+            "two_photon": np.zeros(2, np.int64), "buffered": 0}
+
+
+def two_photon_check(r: dict[str, np.ndarray]) -> tuple[int, int]:
+    """Pixel-cells of one result with a 2-photon spacing, and those where it differs from
+    ``photon_spacing`` by more than ``TWO_PHOTON_N_SIGMA`` standard errors of the difference
+    ``mu2 - 2 mu1 + mu0`` (errors of the three positions, independent windows)."""
+    with np.errstate(invalid="ignore"):
+        diff = r["two_photon_spacing"][0].astype(np.float64) - r["photon_spacing"][0]
+        e = r["position_error"].astype(np.float64)
+        e2 = r["two_photon_error"][0].astype(np.float64) ** 2 - e[1] ** 2
+        err = np.sqrt(e[0] ** 2 + 4.0 * e[1] ** 2 + e2)
+        found = np.isfinite(diff)
+        inconsistent = found & ~(np.abs(diff) <= TWO_PHOTON_N_SIGMA * err)
+    return int(found.sum()), int(inconsistent.sum())
+
+
 class XrayRecipe:
     """Fluorescence: photon spacing, peak positions and widths per (cell, pixel), high gain."""
 
@@ -120,6 +145,9 @@ class XrayRecipe:
         DatasetSpec("peak_stddev", (2,), np.float32, PEAK_DIMS),
         DatasetSpec("peak_error", (2,), np.float32, PEAK_DIMS),
         DatasetSpec("quality", (1,), np.float32, DIMS),
+        DatasetSpec("two_photon_spacing", (1,), np.float32, DIMS),
+        DatasetSpec("two_photon_error", (1,), np.float32, DIMS),
+        DatasetSpec("eval_status", (1,), np.uint8, DIMS),
         DatasetSpec("n_entries", (1,), np.int32, DIMS),
         DatasetSpec("underflow", (1,), np.int32, DIMS),
         DatasetSpec("overflow", (1,), np.int32, DIMS),
@@ -217,17 +245,22 @@ class XrayRecipe:
                 for m in self.plan.modules}
 
     def summary(self, comm: MPI.Comm, results: dict[Unit, dict]) -> dict:
-        """Collective: module median photon spacing, bad pixel-cells, largest frame buffer."""
+        """Collective: module median photon spacing, bad pixel-cells, pixel-cells per
+        ``eval_status``, 2-photon checks (found, inconsistent), largest frame buffer."""
         local: dict[int, dict] = {}
         for u, r in results.items():
-            s = local.setdefault(u.module, {"bad": 0, "buffered": 0})
+            s = local.setdefault(u.module, _empty_summary())
             s["bad"] += int(np.count_nonzero(r["bad_pixels"]))
+            s["status"] += np.bincount(r["eval_status"].ravel(), minlength=len(Status))
+            found, inconsistent = two_photon_check(r)
+            s["two_photon"] += np.array([found, inconsistent])
             s["buffered"] = max(s["buffered"], self.origin_stats[u][1])
         out: dict = {}
         for d in comm.allgather(local):
             for m, s in d.items():
-                t = out.setdefault(m, {"bad": 0, "buffered": 0})
-                t["bad"] += s["bad"]
+                t = out.setdefault(m, _empty_summary())
+                for k in ("bad", "status", "two_photon"):
+                    t[k] = t[k] + s[k]
                 t["buffered"] = max(t["buffered"], s["buffered"])
         for m, s in out.items():
             if m in self.refs:
@@ -237,7 +270,15 @@ class XrayRecipe:
     def describe(self, module: int, s: dict) -> list[str]:
         """Report lines of one module for the end-of-job summary."""
         spacing = s.get("spacing", np.nan)
+        status = s.get("status", np.zeros(len(Status), np.int64))
+        reasons = ", ".join(f"{Status(k).name.lower()} {int(n)}"
+                            for k, n in enumerate(status) if k and n)
+        found, inconsistent = s.get("two_photon", (0, 0))
         return [f"median photon spacing {spacing:7.2f} ADU ({spacing / self.energy:6.3f} ADU/keV "
                 f"at {self.energy:g} keV), bad pixel-cells {s.get('bad', 0)}",
+                f"pixel-cells with a result {int(status[0])} of {int(status.sum())}"
+                + (f"; none: {reasons}" if reasons else ""),
+                f"2-photon peak found in {int(found)} pixel-cells, its spacing inconsistent "
+                f"(> {TWO_PHOTON_N_SIGMA:g} standard errors) in {int(inconsistent)}",
                 f"histogram origin from the first {len(self.expected[module])} trains; at most "
                 f"{s.get('buffered', 0)} frames per ASIC buffered until it was known"]

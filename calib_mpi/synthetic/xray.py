@@ -19,6 +19,12 @@ the xray processor must set:
 
 ``empty_cells`` get no valid frame (→ ``FF_NO_ENTRIES``); a fraction of the other frames can be
 marked invalid (cell -1) and filled with garbage that would spoil any histogram including it.
+
+Occupancy sets (:func:`occupancy_run`): the mean photon number per frame users run at,
+:data:`OCCUPANCIES` 0.1 .. 2.0 (2-photon and more frames as Poisson says), each with
+:data:`OCCUPANCY_TRAINS` frames per cell so that both the 0- and the 1-photon peak hold a few
+hundred entries, and per-pixel noise U(5, 15) ADU, so the peak separation ``spacing / sigma1``
+ranges from ~4 to ~13.
 """
 
 from dataclasses import dataclass, field
@@ -27,7 +33,13 @@ import numpy as np
 
 from calib_mpi.badpixels import BAD_PIXEL_DTYPE, BadPixels
 
-__all__ = ["BROKEN_KINDS", "XrayRun", "make_xray_run"]
+__all__ = ["BROKEN_KINDS", "OCCUPANCIES", "OCCUPANCY_TRAINS", "XrayRun", "make_xray_run",
+           "occupancy_rate", "occupancy_run"]
+
+#: mean photon numbers per frame covered by the occupancy sets
+OCCUPANCIES = (0.1, 0.5, 1.0, 1.5, 2.0)
+#: frames per cell of the occupancy sets: 0- and 1-photon peak >= ~200 entries each
+OCCUPANCY_TRAINS = {0.1: 3000, 0.5: 800, 1.0: 800, 1.5: 1000, 2.0: 2000}
 
 #: Broken-pixel kinds and the bad-pixel bit expected for them.
 BROKEN_KINDS = {
@@ -69,6 +81,11 @@ class XrayRun:
     def sigma1(self) -> np.ndarray:
         """True width of the 1-photon peak, ``(cell, 64, 64)`` ADU."""
         return np.sqrt(self.noise**2 + self.sigma_fano**2)
+
+    @property
+    def separation(self) -> np.ndarray:
+        """Peak separation ``spacing / sigma1`` in 1-photon widths, ``(cell, 64, 64)``."""
+        return self.spacing / self.sigma1
 
     @property
     def good(self) -> np.ndarray:
@@ -184,3 +201,17 @@ def make_xray_run(
         expected_bits=expected,
         broken=broken,
     )
+
+
+def occupancy_rate(occupancy: float) -> tuple[float, float]:
+    """Range of the per-pixel mean photon number of an occupancy: +-5 % around it."""
+    return (0.95 * occupancy, 1.05 * occupancy)
+
+
+def occupancy_run(seed: int, occupancy: float, n_cells: int, n_trains: int | None = None,
+                  noise: tuple[float, float] = (5.0, 15.0)) -> XrayRun:
+    """A clean run at one occupancy (mean photons per frame, see :data:`OCCUPANCIES`);
+    ``n_trains`` defaults to :data:`OCCUPANCY_TRAINS`."""
+    if n_trains is None:
+        n_trains = OCCUPANCY_TRAINS[occupancy]
+    return make_xray_run(seed, n_cells, n_trains, rate=occupancy_rate(occupancy), noise=noise)
