@@ -46,7 +46,7 @@ from .cfel import _cuts, _write_part
 from .conf import write_config_file, write_truth
 from .drspc import broken_truth, make_drspc_sweep
 from .xfel_scans import _line_fit, _to_uint16, drspc_values
-from .xray import make_xray_run
+from .xray import make_xray_run, occupancy_rate
 
 #: fit windows in lab steps (train positions) of the default set: high gain before the
 #: earliest switch (ceil(180 / 20) = 9), medium gain from the latest (ceil(340 / 20) = 17) on
@@ -215,6 +215,8 @@ class CfelXraySet:
     chunk_frames: int = 16
     #: mean photons per frame, uniform range
     rate: tuple[float, float] = (0.4, 0.6)
+    #: if given, ASIC b gets occupancy ``occupancies[b % len]`` (``occupancy_rate``) instead
+    occupancies: tuple[float, ...] = ()
     #: broken (cell, pixel)s of each kind (dead, no_photons, noisy, deviant) per ASIC
     n_broken: int = 1
     #: trains lost completely (one inside the origin sample)
@@ -222,6 +224,13 @@ class CfelXraySet:
     #: constant digital (high-gain) level, ADU
     gain_level: int = 4800
     seed: int = 1357
+
+
+def _rate(p: CfelXraySet, block: int) -> tuple[float, float]:
+    """Range of the mean photon number of ASIC ``block`` (``occupancies`` or ``rate``)."""
+    if p.occupancies:
+        return occupancy_rate(p.occupancies[block % len(p.occupancies)])
+    return p.rate
 
 
 def write_xray_run(input_dir: Path | str, p: CfelXraySet | None = None) -> Path:
@@ -238,7 +247,7 @@ def write_xray_run(input_dir: Path | str, p: CfelXraySet | None = None) -> Path:
     keep = np.array([t not in lost for t in range(p.n_trains)])
     sigma_fano = 0.0
     for b, blk in enumerate(asic_blocks(AGIPD_FRAME, 0)):
-        xr = make_xray_run(p.seed * 1000 + b, p.n_cells, p.n_trains, rate=p.rate,
+        xr = make_xray_run(p.seed * 1000 + b, p.n_cells, p.n_trains, rate=_rate(p, b),
                              n_dead=p.n_broken, n_no_photons=p.n_broken, n_noisy=p.n_broken,
                              n_deviant=p.n_broken)
         analog[:, :, blk.rows, blk.cols] = xr.analog

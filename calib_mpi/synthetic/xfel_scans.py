@@ -41,7 +41,7 @@ from .conf import write_config_file
 from .control import write_run_controls
 from .drspc import DrspcSweep, broken_truth, make_drspc_sweep
 from .xfel import DETECTOR, DarkRunSet, _Train, _write_sequence
-from .xray import make_xray_run
+from .xray import make_xray_run, occupancy_rate
 
 #: recorded scan steps of the default drspc set: step 0, 10 steps in [42, 122), one in the
 #: transition region, 12 steps in [402, 552)
@@ -94,6 +94,8 @@ class XrayRunSet:
     padding_frames: int = 2
     #: mean photons per frame, uniform range
     rate: tuple[float, float] = (0.4, 0.6)
+    #: if given, ASIC b gets occupancy ``occupancies[b % len]`` (``occupancy_rate``) instead
+    occupancies: tuple[float, ...] = ()
     #: broken (cell, pixel)s of each kind (dead, no_photons, noisy, deviant) per ASIC
     n_broken: int = 1
     #: module index -> train positions lost in that module
@@ -252,6 +254,13 @@ def _drspc_sample_truth(grp: h5py.Group, p: DrspcRunSet, steps: np.ndarray, anal
     grp.create_dataset("x_sxx", data=np.array(sxx))
 
 
+def _rate(p: XrayRunSet, block: int) -> tuple[float, float]:
+    """Range of the mean photon number of ASIC ``block`` (``occupancies`` or ``rate``)."""
+    if p.occupancies:
+        return occupancy_rate(p.occupancies[block % len(p.occupancies)])
+    return p.rate
+
+
 def write_xray_runs(out_dir: Path | str, p: XrayRunSet | None = None) -> Path:
     """Write the xray run and ``truth.h5`` under ``out_dir``; returns ``out_dir``."""
     p = p or XrayRunSet()
@@ -275,7 +284,7 @@ def write_xray_runs(out_dir: Path | str, p: XrayRunSet | None = None) -> Path:
             n_photons = np.zeros((3,) + shape, np.int64)
             for b, blk in enumerate(asic_blocks(XFEL_FRAME, module)):
                 xr = make_xray_run(p.seed * 1000 + 16 * mi + b, p.n_cells, p.n_trains,
-                                   rate=p.rate, n_dead=p.n_broken, n_no_photons=p.n_broken,
+                                   rate=_rate(p, b), n_dead=p.n_broken, n_no_photons=p.n_broken,
                                    n_noisy=p.n_broken, n_deviant=p.n_broken)
                 analog[:, :, blk.rows, blk.cols] = xr.analog
                 for k in truth:
