@@ -115,7 +115,8 @@ def process_current(group: MPI.Comm, cfg: Config, plan: Plan, driver: str) -> Pr
         bytes_sent=tuple(sum(p.bytes_sent[i] for p in parts) for i in range(2)),
         seconds_per_run=[t for p in parts for t in p.seconds_per_run],
         seconds_gather=sum(p.seconds_gather for p in parts),
-        seconds_process=sum(p.seconds_process for p in parts))
+        seconds_process=sum(p.seconds_process for p in parts),
+        profile={k: sum(p.profile.get(k, 0.0) for p in parts) for k in first.profile})
 
 
 def _plan_currents(comm: MPI.Comm, group: MPI.Comm, cfg: Config, mine: list[int],
@@ -254,7 +255,9 @@ def run_currents(cfg: Config, comm: MPI.Comm, driver: str, started: str, t0: flo
         "seconds_gather_process": t_gather - sum(d.seconds_process for d in done.values()),
         "seconds_finalize": sum(d.seconds_process for d in done.values()),
         "seconds_merge": t_merge, "seconds_join": t_join,
-        "merge_ranks_per_asic": max(spans.values(), default=0)},
+        "merge_ranks_per_asic": max(spans.values(), default=0),
+        "seconds_profile": {k: sum(d.profile.get(k, 0.0) for d in done.values())
+                            for k in {k for d in done.values() for k in d.profile}}},
         tuple(sum(d.bytes_sent[i] for d in done.values()) for i in range(2)))
     if comm.rank != 0:
         return {}

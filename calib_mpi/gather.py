@@ -20,7 +20,7 @@ import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from mpi4py import MPI
@@ -149,6 +149,10 @@ class GatherStats:
     bytes_sent_same_node: int = 0
     #: bytes of ASIC blocks this rank sent to ranks on other nodes (the network's share)
     bytes_sent_other_nodes: int = 0
+    #: seconds of this rank per phase: ``read`` (in the reader, overlapped with the rest when
+    #: prefetching), ``read wait`` (waiting for it), ``exchange`` (metadata alltoall, pack,
+    #: Alltoallv), ``process`` (the recipe's consume: the kernels)
+    profile: dict = field(default_factory=dict)
 
 
 class _Reader:
@@ -185,6 +189,7 @@ class _Reader:
         self.pool = ThreadPoolExecutor(max_workers=1) if prefetch else None
         self.pending = None
         self.bytes = 0
+        self.seconds = 0.0
 
     @property
     def n_elements(self) -> int:
@@ -211,8 +216,10 @@ class _Reader:
             buf, pair_buf = self.bufs[k % len(self.bufs)]
             opener = (self.files.opener(self.plan, self.ri, slab.module)
                       if isinstance(info, cfel.PartIndex) else None)
+            t0 = time.monotonic()
             out = _read(f, info, slab, buf, pair_buf, self.plan.train_axis[self.ri],
                         self.plan.n_cells, opener)
+            self.seconds += time.monotonic() - t0
             self.bytes += slab.n_frames * self.frame_bytes
             return out
         except Exception as e:  # reported to every rank by the caller
@@ -563,5 +570,8 @@ def gather_run(comm: MPI.Comm, plan: Plan, run_index: int, blocks: list[AsicBloc
               "nodes %d", plan.runs[run_index], rank, threads if pool is not None else 1,
               ", ".join(f"{k} {v:.2f} s" for k, v in prof.items()), moved["in place"],
               moved["received"], sent["same node"], sent["other nodes"])
+    profile = {"read": reader.seconds, "read wait": prof["read wait"],
+               "exchange": prof["alltoall"] + prof["pack"] + prof["Alltoallv"],
+               "process": prof["process"]}
     return GatherStats(rejected, reader.bytes, time.monotonic() - t0, sent["same node"],
-                       sent["other nodes"])
+                       sent["other nodes"], profile)

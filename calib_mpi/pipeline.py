@@ -15,7 +15,7 @@ import os
 import resource
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from mpi4py import MPI
@@ -86,6 +86,8 @@ class Processed:
     seconds_process: float
     #: bytes of ASIC blocks this rank sent in the gather to ranks of its node / other nodes
     bytes_sent: tuple[int, int] = (0, 0)
+    #: this rank's seconds per gather phase, summed over runs (``GatherStats.profile``)
+    profile: dict = field(default_factory=dict)
 
 
 def consume_threads(cfg: Config, recipe) -> int:
@@ -108,7 +110,7 @@ def gather_and_process(comm: MPI.Comm, cfg: Config, plan: Plan, driver: str, rec
     if recipe is None:
         recipe = recipe_class(cfg.measurement)(cfg, plan)
     recipe.start(plan.units_of(comm.rank))
-    rejected, bytes_read, t_runs, sent = {}, 0, [], np.zeros(2, np.int64)
+    rejected, bytes_read, t_runs, sent, profile = {}, 0, [], np.zeros(2, np.int64), {}
     for ri in range(len(plan.runs)):
         st = gather_run(comm, plan, ri, blocks, recipe.consume, driver, cfg.prefetch,
                         threads=consume_threads(cfg, recipe), node_sharing=cfg.node_sharing,
@@ -122,6 +124,8 @@ def gather_and_process(comm: MPI.Comm, cfg: Config, plan: Plan, driver: str, rec
         bytes_read += st.bytes_read
         sent += (st.bytes_sent_same_node, st.bytes_sent_other_nodes)
         t_runs.append(st.seconds)
+        for k, v in st.profile.items():
+            profile[k] = profile.get(k, 0.0) + v
     release_node_buffers(comm)
     for d in comm.allgather(rejected):  # frames left out while reading go into the metadata
         for (ri, m, reason), v in d.items():
@@ -132,7 +136,7 @@ def gather_and_process(comm: MPI.Comm, cfg: Config, plan: Plan, driver: str, rec
     extra = recipe.module_extra(comm, results)
     summary = recipe.summary(comm, results)
     return Processed(recipe, results, extra, summary, bytes_read, t_runs, t1 - t0,
-                     time.monotonic() - t1, (int(sent[0]), int(sent[1])))
+                     time.monotonic() - t1, (int(sent[0]), int(sent[1])), profile)
 
 
 def module_attrs(cfg: Config, plan: Plan, module: int, comm: MPI.Comm, started: str) -> dict:
@@ -313,7 +317,8 @@ def _compute(cfg: Config, comm: MPI.Comm, plan: Plan, record: dict, driver: str,
     timing = finish_timing(cfg, comm, t0, done.bytes_read, {
         "seconds_preprocess": t_scan, "seconds_gather_process": done.seconds_gather,
         "seconds_gather_per_run": done.seconds_per_run,
-        "seconds_finalize": done.seconds_process, "seconds_join": t_join}, done.bytes_sent)
+        "seconds_finalize": done.seconds_process, "seconds_join": t_join,
+        "seconds_profile": done.profile}, done.bytes_sent)
     if comm.rank != 0:
         return {}
     return {"plan": plan, "summary": done.summary, "outputs": outputs,
@@ -324,8 +329,11 @@ def finish_timing(cfg: Config, comm: MPI.Comm, t0: float, bytes_read: int,
                   seconds: dict, bytes_sent: tuple[int, int] = (0, 0)) -> dict:
     """Collective: timings, bytes read, bytes the gather sent (``bytes_sent``: this rank's
     to its own node, to other nodes) and peak memory per rank; logged and written to
-    ``cfg.report`` by rank 0 (which gets the dict; other ranks get {})."""
+    ``cfg.report`` by rank 0 (which gets the dict; other ranks get {}). ``seconds`` may hold
+    this rank's ``seconds_profile`` (phase -> s): reported as the mean over ranks."""
     elapsed = time.monotonic() - t0
+    seconds = dict(seconds)
+    profiles = comm.gather(seconds.pop("seconds_profile", {}), root=0)
     rss = comm.gather(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, root=0)
     total_read = comm.reduce(bytes_read, root=0)
     sent = comm.reduce(np.asarray(bytes_sent, np.int64), root=0)
@@ -340,7 +348,10 @@ def finish_timing(cfg: Config, comm: MPI.Comm, t0: float, bytes_read: int,
               "bytes_sent_same_node": same, "bytes_sent_other_nodes": other,
               "seconds_total": elapsed, **seconds, "peak_rss_bytes_per_rank": rss,
               "gather_GBps": total_read / max(t_gather, 1e-9) / 1e9,
-              "end_to_end_GBps": total_read / max(elapsed, 1e-9) / 1e9}
+              "end_to_end_GBps": total_read / max(elapsed, 1e-9) / 1e9,
+              "seconds_profile_mean_per_rank": {
+                  k: sum(p.get(k, 0.0) for p in profiles) / len(profiles)
+                  for k in sorted({k for p in profiles for k in p})}}
     log.info("timing: preprocess %.2f s, gather+process %.2f s (%.2f GB/s), finalize %.2f s, "
              "join %.2f s; peak memory per rank %s MB", seconds["seconds_preprocess"], t_gather,
              timing["gather_GBps"], seconds["seconds_finalize"], seconds["seconds_join"],
