@@ -15,9 +15,9 @@ noise peak. A 2-photon peak, where found, is refined as a consistency check of t
 (``two_photon_spacing``), never taken for the 1-photon peak. Both peaks are then refined on the
 **unsmoothed** histogram by an iterated, truncation-corrected windowed-moment Gaussian estimate,
 with the tails of the neighbouring peaks subtracted (see ``_refine``). Failures give NaN, a
-bad-pixel bit and the reason in ``eval_status`` (:class:`Status`), never 0. Cost: ~1.2 s for 16
-cells x 4096 pixels x 512 bins on one core (~25-30 s for 352 cells), linear in the number of
-(cell, pixel) histograms.
+bad-pixel bit and the reason in ``eval_status`` (:class:`Status`), never 0. Cost: ~2.2 CPU s for 16
+cells x 4096 pixels x 512 bins (~50 s for 352 cells; peak search about half of it, the previous
+highest-maximum rule took ~1.4 s), linear in the number of (cell, pixel) histograms.
 
 Memory of the accumulator per ASIC: ``n_cells x 4096 x n_bins x itemsize`` bytes, i.e. with the
 default ``n_bins = 512`` 8 MiB per cell for ``uint32`` counts (16 cells: 128 MiB, 352 cells:
@@ -520,8 +520,10 @@ def find_peaks(
     (rows, 3) int64 bins of the noise, 1- and 2-photon peaks, -1 where there is none.
     """
     n_rows, n_bins = hs.shape
-    left_max = np.full(hs.shape, -1, np.int64)
-    right_max = np.full(hs.shape, -1, np.int64)
+    if hs.size and hs.max() < 2**31:  # exact in int32, half the memory traffic
+        hs = hs.astype(np.int32)
+    left_max = np.full(hs.shape, -1, hs.dtype)
+    right_max = np.full(hs.shape, -1, hs.dtype)
     for d in range(1, half + 1):
         np.maximum(left_max[:, d:], hs[:, :-d], out=left_max[:, d:])
         np.maximum(right_max[:, :-d], hs[:, d:], out=right_max[:, :-d])
@@ -536,7 +538,7 @@ def find_peaks(
         # where no such box sum follows, the running minimum to the histogram end.
         seq = hs if step > 0 else hs[:, ::-1]
         tail_min = np.minimum.accumulate(seq[:, ::-1], axis=1)[:, ::-1]
-        tail_max = np.full(hs.shape, -1, np.int64)
+        tail_max = np.full(hs.shape, -1, hs.dtype)
         tail_max[:, :-1] = np.maximum.accumulate(seq[:, :0:-1], axis=1)[:, ::-1]
         jj = j if step > 0 else n_bins - 1 - j
         level = tail_min[r, jj].copy()
@@ -555,6 +557,7 @@ def find_peaks(
             walk, low, pos = walk[keep], low[keep], pos[keep]
         levels.append(level)
     level = np.maximum(levels[0], levels[1])
+    height, level = height.astype(np.float64), level.astype(np.float64)
     significant = height - level >= n_sigma * np.sqrt(height + level)
     sig = np.zeros(hs.shape, bool)
     sig[r[significant], j[significant]] = True
