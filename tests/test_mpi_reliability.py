@@ -45,7 +45,8 @@ def _config(rs, tmp_path: Path, out: Path, name: str = "run.conf", **extra) -> P
     return rs.config(tmp_path / name, out, **extra)
 
 
-def test_lock_held_by_a_running_job_refuses_the_second(dark_set, tmp_path):
+@pytest.mark.parametrize("n", [1, 2, 4])
+def test_lock_held_by_a_running_job_refuses_the_second(dark_set, tmp_path, n):
     """A lock of a live process (this test) refuses the job before anything is read; the
     lock and the result directory stay as they were."""
     out = tmp_path / "out"
@@ -54,7 +55,7 @@ def test_lock_held_by_a_running_job_refuses_the_second(dark_set, tmp_path):
     holder = {"host": socket.gethostname(), "pid": os.getpid(), "job": "x",
               "proc_start": guard._proc_start(os.getpid()), "started": "2026-01-01T00:00:00Z"}
     lock.write_text(json.dumps(holder))
-    r = run_mpi(2, [_config(dark_set, tmp_path, out)], timeout=90)
+    r = run_mpi(n, [_config(dark_set, tmp_path, out)], timeout=90)
     assert r.returncode == 2, r.output
     assert "being written by another job" in r.stderr and f"pid {os.getpid()}" in r.stderr
     assert str(lock) in r.stderr and "Traceback" not in r.stderr
@@ -144,9 +145,10 @@ def _umount(mnt: Path) -> None:
     subprocess.run(["umount", "-l", str(mnt)], check=True)
 
 
-def test_full_file_system_is_refused_before_writing(dark_set, tmp_path, small_fs):
+@pytest.mark.parametrize("n", [1, 2, 4])
+def test_full_file_system_is_refused_before_writing(dark_set, tmp_path, small_fs, n):
     """Results that do not fit: refused before reading (exit 2, how much is missing)."""
-    r = run_mpi(2, [_config(dark_set, tmp_path, small_fs)], timeout=90)
+    r = run_mpi(n, [_config(dark_set, tmp_path, small_fs)], timeout=90)
     assert r.returncode == 2, r.output
     assert f"not enough room in {small_fs / 'dark'} for 2 result file(s)" in r.stderr
     assert "MB missing" in r.stderr and "Traceback" not in r.stderr
@@ -159,22 +161,24 @@ def test_full_file_system_is_refused_before_writing(dark_set, tmp_path, small_fs
     assert (small_fs / "r.h5.tmp").stat().st_blocks * 512 >= 500_000
 
 
-def test_real_enospc_mid_write_does_not_hang(dark_set, tmp_path, small_fs):
+@pytest.mark.parametrize("n", [1, 2, 4])
+def test_real_enospc_mid_write_does_not_hang(dark_set, tmp_path, small_fs, n):
     """Without the room check, HDF5 meets ENOSPC inside the collective write: the job still
     ends with exit 2 on every rank (it used to hang with 2 ranks, segfault with 1)."""
-    r = run_mpi(2, [_config(dark_set, tmp_path, small_fs)], timeout=90,
+    r = run_mpi(n, [_config(dark_set, tmp_path, small_fs)], timeout=90,
                 env={"CALIB_MPI_TEST_NO_ROOM_CHECK": "1"})
     assert r.returncode == 2, r.output
     assert "job aborted" in r.stderr
     assert _leftovers(small_fs) == [] and not list(small_fs.rglob("*.h5"))
 
 
-def test_every_module_skipped_is_an_error(dark_set, tmp_path):
+@pytest.mark.parametrize("n", [1, 2, 4])
+def test_every_module_skipped_is_an_error(dark_set, tmp_path, n):
     rs = dark_set.copy(tmp_path / "raw")
     for f in (rs.raw / "r9002").iterdir():
         f.unlink()
     out = tmp_path / "out"
-    r = run_mpi(2, [_config(rs, tmp_path, out, missing_modules="skip")], timeout=90)
+    r = run_mpi(n, [_config(rs, tmp_path, out, missing_modules="skip")], timeout=90)
     assert r.returncode == 2, r.output
     assert "nothing to compute" in r.stderr and "missing from run(s) [9002]" in r.stderr
     assert not out.exists()
@@ -228,10 +232,11 @@ def test_outlier_cells_only_where_the_cell_set_is_fixed():
     assert xfel.drop_outlier_cells([_index([cells] * 6 + [cells[:3]] * 6)]) == {}
 
 
-def test_unusable_output_location_is_refused_before_reading(dark_set, tmp_path):
+@pytest.mark.parametrize("n", [1, 2, 4])
+def test_unusable_output_location_is_refused_before_reading(dark_set, tmp_path, n):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    r = run_mpi(2, [_config(dark_set, tmp_path, blocker / "out")], timeout=60)
+    r = run_mpi(n, [_config(dark_set, tmp_path, blocker / "out")], timeout=60)
     assert r.returncode == 2, r.output
     assert f"{blocker} is not a directory" in r.stderr
     assert "Traceback" not in r.stderr and len(_our_lines(r.stderr)) == 1
@@ -244,7 +249,7 @@ def test_unusable_output_location_is_refused_before_reading(dark_set, tmp_path):
         ro = tmp_path / "ro"
         ro.mkdir(mode=0o500)
     try:
-        r = run_mpi(1, [_config(dark_set, tmp_path, ro / "out")], timeout=60)
+        r = run_mpi(n, [_config(dark_set, tmp_path, ro / "out")], timeout=60)
     finally:
         if os.geteuid() == 0:
             _umount(ro)
@@ -253,11 +258,12 @@ def test_unusable_output_location_is_refused_before_reading(dark_set, tmp_path):
     assert "Traceback" not in r.stderr
 
 
-def test_posix_driver_with_several_ranks_is_refused_before_reading(dark_set, tmp_path):
+@pytest.mark.parametrize("n", [2, 4])
+def test_posix_driver_with_several_ranks_is_refused_before_reading(dark_set, tmp_path, n):
     out = tmp_path / "out"
-    r = run_mpi(2, [_config(dark_set, tmp_path, out, io_driver="posix")], timeout=60)
+    r = run_mpi(n, [_config(dark_set, tmp_path, out, io_driver="posix")], timeout=60)
     assert r.returncode == 2, r.output
-    assert "io_driver = posix" in r.stderr and "2 ranks" in r.stderr
+    assert "io_driver = posix" in r.stderr and f"{n} ranks" in r.stderr
     assert len(_our_lines(r.stderr)) == 1 and not out.exists()
 
 
@@ -269,13 +275,14 @@ def _ranks_of(mpirun: subprocess.Popen) -> list[int]:
     return pids
 
 
+@pytest.mark.parametrize("n", [1, 2, 4])
 @pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_signal_removes_temporary_files(dark_set, tmp_path, sig, code):
+def test_signal_removes_temporary_files(dark_set, tmp_path, sig, code, n):
     """SIGTERM/SIGINT to the ranks while the result is being written: "interrupted", exit
     128 + signal, no temporary file, no lock, no result."""
     out = tmp_path / "out"
     env = clean_environ({**MPI_ENV, "CALIB_MPI_TEST_PAUSE_WRITE": "60"})
-    p = subprocess.Popen(["mpirun", "-n", "2", str(VENV_BIN / "calib-mpi"),
+    p = subprocess.Popen(["mpirun", "-n", str(n), str(VENV_BIN / "calib-mpi"),
                           str(_config(dark_set, tmp_path, out))], env=env,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          start_new_session=True)
@@ -296,13 +303,14 @@ def test_signal_removes_temporary_files(dark_set, tmp_path, sig, code):
     assert not out.exists()  # no temporary file, lock, result or directory made by the job
 
 
-def test_aborted_overwrite_keeps_old_results_and_record(dark_set, tmp_path):
+@pytest.mark.parametrize("n", [1, 2, 4])
+def test_aborted_overwrite_keeps_old_results_and_record(dark_set, tmp_path, n):
     out = tmp_path / "out"
-    r = run_mpi(2, [_config(dark_set, tmp_path, out)], timeout=90)
+    r = run_mpi(n, [_config(dark_set, tmp_path, out)], timeout=90)
     assert r.returncode == 0, r.output
     record = (out / "dark" / "preprocess.json").read_bytes()
     old = (out / RESULT).read_bytes()
-    r = run_mpi(2, [_config(dark_set, tmp_path, out, name="b.conf"), "--offset_sigma", "4",
+    r = run_mpi(n, [_config(dark_set, tmp_path, out, name="b.conf"), "--offset_sigma", "4",
                     "--overwrite"], timeout=90, env={"CALIB_MPI_TEST_FAIL_WRITE": "rank=0"})
     assert r.returncode == 2, r.output
     assert f"{out / RESULT} is unchanged" in r.stderr
