@@ -12,6 +12,7 @@ import pytest
 
 from calib_mpi.mpienv import clean_environ
 from calib_mpi.process import _jit, kernels
+from calib_mpi.process.xray import XrayAccumulator
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +50,39 @@ def test_prebuilt_equals_jit_and_numpy(built):
         assert np.array_equal(a, c) and np.array_equal(b, c)
 
 
+def _histograms(fn, analog, cells, origin, dtype):
+    order, starts, cells_u = kernels.group_by_cell(cells, len(origin))
+    counts = np.zeros((len(origin) * 4096, 40), dtype)
+    under, over = np.zeros(len(counts), np.int64), np.zeros(len(counts), np.int64)
+    fn(analog, order, starts, cells_u, origin, counts, under, over)
+    return counts, under, over
+
+
+@pytest.mark.parametrize("dtype", [np.uint32, np.uint16])
+def test_xray_histogram_kernel_equals_numpy(built, dtype):
+    """The xray histogram kernel (prebuilt, JIT) on an ASIC block inside larger frames (a
+    strided view), invalid cells, values below, inside and above the 40 bins: the counts,
+    underflow and overflow of the numpy path of ``XrayAccumulator.update``."""
+    rng = np.random.default_rng(4)
+    cells = rng.integers(-1, 3, 300)
+    frames = rng.integers(960, 1060, (300, 128, 192), dtype=np.uint16)
+    analog = frames[:, 64:, 64:128]
+    origin = rng.integers(995, 1005, (3, 64, 64)).astype(np.int32)
+    ref = XrayAccumulator(3, origin, 40, count_dtype=dtype, method="sort")
+    ref.update(analog, cells)
+    name = "xray_hist" if dtype == np.uint32 else "xray_hist_u16"
+    assert _jit.backend([built]) == "prebuilt"
+    for fn in (_jit.kernel(name, [built]), getattr(_jit._jit_module(), name)):
+        counts, under, over = _histograms(fn, analog, cells, origin, dtype)
+        assert np.array_equal(counts, ref.counts)
+        assert np.array_equal(under, ref.underflow) and np.array_equal(over, ref.overflow)
+    assert ref.underflow.sum() > 0 and ref.overflow.sum() > 0 and ref.counts.sum() > 0
+    auto = XrayAccumulator(3, origin, 40, count_dtype=dtype)  # the kernel of this process
+    auto.update(analog, cells)
+    assert np.array_equal(auto.counts, ref.counts)
+    assert np.array_equal(auto.frames_per_cell, ref.frames_per_cell)
+
+
 def test_stale_module_is_ignored(built, tmp_path):
     """A module built from another source (other hash in its name) is not loaded."""
     (current,) = built.glob(_jit.module_name() + "*")
@@ -61,6 +95,7 @@ SNIPPET = """
 import json, sys
 import numpy as np
 from calib_mpi.process import _jit, kernels
+from calib_mpi.process.xray import XrayAccumulator
 frames = np.full((3, 2, 64, 64), 7, np.uint16)
 sums = [np.zeros((1, 64, 64), np.uint64) for _ in range(4)]
 kernels.dark_sums(frames, 0, 0, kernels.group_by_cell(np.zeros(3, np.int64), 1), sums)

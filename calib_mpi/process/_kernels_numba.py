@@ -95,10 +95,41 @@ def dark_sums(frames, r0, c0, order, starts, cells_u, sa1, sa2, sd1, sd2):
                 _add1(frames, 1, r0 + y, c0, cols, order, k, sd1[c, y], sd2[c, y])
 
 
+def xray_hist(analog, order, starts, cells_u, origin, counts, underflow, overflow):
+    """Unit-bin histograms of analog values (frame, 64, 64) (any strides), frames grouped by
+    cell (``order``, ``starts``, ``cells_u`` as for ``dark_sums``): value ``v`` of pixel p of
+    a frame of cell c goes to ``counts[c * 4096 + p, v - origin[c, p]]``, below bin 0 to
+    ``underflow``, beyond the last bin to ``overflow`` (see ``XrayAccumulator.update``).
+    Pixel row by pixel row, all frames of the cell: the row's 64 histograms (64 x n_bins
+    counts) stay in the cache while they are filled."""
+    n_bins = counts.shape[1]
+    rows, cols = analog.shape[1], analog.shape[2]
+    for g in range(cells_u.shape[0]):
+        c = cells_u[g]
+        for y in range(rows):
+            base = (c * rows + y) * cols
+            org = origin[c, y]
+            for k in range(starts[g], starts[g + 1]):
+                a = analog[order[k], y]
+                for x in range(cols):
+                    v = np.int64(a[x]) - np.int64(org[x])
+                    if v < 0:
+                        underflow[base + x] += 1
+                    elif v >= n_bins:
+                        overflow[base + x] += 1
+                    else:
+                        counts[base + x, v] += 1
+
+
 _U64_3D = "uint64[:, :, ::1]"
+# analog of any strides (an ASIC's block of the slab, a view), counts uint32 or uint16
+_XRAY_SIG = ("void(uint16[:, :, :], int64[::1], int64[::1], int64[::1], int32[:, :, ::1], "
+             "{}[:, ::1], int64[::1], int64[::1])")
 
 #: kernel name -> (function, signature of the ahead-of-time build)
 EXPORTS = {
     "dark_sums": (dark_sums, "void(uint16[:, :, :, ::1], int64, int64, int64[::1], int64[::1], "
                              f"int64[::1], {_U64_3D}, {_U64_3D}, {_U64_3D}, {_U64_3D})"),
+    "xray_hist": (xray_hist, _XRAY_SIG.format("uint32")),
+    "xray_hist_u16": (xray_hist, _XRAY_SIG.format("uint16")),
 }
