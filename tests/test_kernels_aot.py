@@ -12,6 +12,7 @@ import pytest
 
 from calib_mpi.mpienv import clean_environ
 from calib_mpi.process import _jit, kernels
+from calib_mpi.process.drspc import DrspcAccumulator
 from calib_mpi.process.xray import XrayAccumulator
 
 
@@ -83,6 +84,32 @@ def test_xray_histogram_kernel_equals_numpy(built, dtype):
     assert np.array_equal(auto.frames_per_cell, ref.frames_per_cell)
 
 
+@pytest.mark.parametrize("rows", [None, [0, 5, 63]])
+def test_drspc_sums_kernel_equals_numpy(built, rows):
+    """The drspc fit-sum kernel (prebuilt, JIT) on ASIC blocks inside larger frames, invalid
+    cells, steps inside both, one and none of the two overlapping windows, all rows or some:
+    the exact int64 sums of the numpy path, values up to 65535."""
+    rng = np.random.default_rng(5)
+    n = 200
+    cells = rng.integers(-1, 4, n)
+    steps = rng.integers(0, 40, n)
+    frames = rng.integers(0, 65536, (n, 2, 128, 96), dtype=np.uint16)
+    analog, digital = frames[:, 0, 64:, 32:], frames[:, 1, 64:, 32:]
+    windows = ((0, 25), (10, 35))
+    ref = DrspcAccumulator(4, windows)
+    r = None if rows is None else np.array(rows, np.int64)
+    for g, (t0, t1) in enumerate(windows):
+        sel = np.flatnonzero((cells >= 0) & (steps >= t0) & (steps < t1))
+        ref._add_window_numpy(g, sel, analog, digital, cells, steps, r)
+    assert _jit.backend([built]) == "prebuilt"
+    all_rows = np.arange(64, dtype=np.int64) if r is None else r
+    for fn in (_jit.kernel("drspc_sums", [built]), _jit._jit_module().drspc_sums):
+        sums = np.zeros_like(ref._sums)
+        fn(analog, digital, cells, steps, np.array(windows, np.int64), all_rows, sums)
+        assert np.array_equal(sums, ref._sums)
+    assert np.count_nonzero(ref._sums[0]) and np.count_nonzero(ref._sums[1])
+
+
 def test_stale_module_is_ignored(built, tmp_path):
     """A module built from another source (other hash in its name) is not loaded."""
     (current,) = built.glob(_jit.module_name() + "*")
@@ -95,6 +122,7 @@ SNIPPET = """
 import json, sys
 import numpy as np
 from calib_mpi.process import _jit, kernels
+from calib_mpi.process.drspc import DrspcAccumulator
 from calib_mpi.process.xray import XrayAccumulator
 frames = np.full((3, 2, 64, 64), 7, np.uint16)
 sums = [np.zeros((1, 64, 64), np.uint64) for _ in range(4)]

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from calib_mpi.badpixels import BAD_PIXEL_DTYPE, BadPixels
+from calib_mpi.process import _jit
 
 __all__ = [
     "DEFAULT_MIN_GAIN_SEPARATION",
@@ -197,34 +198,55 @@ class DrspcAccumulator:
 
         cells = cells.astype(np.int64)
         trains = trains.astype(np.int64)
-        n_rows, n_cols = self.block_shape
-        n_values = self._n_pix if rows is None else rows.size * n_cols
-        block = max(1, _BLOCK_VALUES // n_values)
+        sels = []
         for g, (t0, t1) in enumerate(self.windows):
             sel = np.flatnonzero((cells >= 0) & (trains >= t0) & (trains < t1))
+            sels.append(sel)
             if sel.size == 0:
                 continue
-            c = cells[sel]
-            t = trains[sel]
+            c, t = cells[sel], trains[sel]
             xs = self._xsums.setdefault(key, np.zeros((2, 3, self.n_cells), dtype=np.int64))
             np.add.at(xs[g, 0], c, 1)
             np.add.at(xs[g, 1], c, t)
             np.add.at(xs[g, 2], c, t * t)
-            for layer in _distinct_cell_layers(c):
-                for start in range(0, layer.size, block):
-                    blk = layer[start:start + block]
-                    frames = sel[blk]
-                    if rows is None:
-                        self._add_block(self._sums[g], c[blk], t[blk],
-                                        analog[frames].reshape(blk.size, -1),
-                                        digital[frames].reshape(blk.size, -1))
-                        continue
-                    state = self._sums[g].reshape(self.n_cells, _N_PIX_SUMS, n_rows, n_cols)
-                    a_rows = analog[frames[:, None], rows]
-                    d_rows = digital[frames[:, None], rows]
-                    for i, row in enumerate(rows):
-                        self._add_block(state[:, :, row], c[blk], t[blk], a_rows[:, i],
-                                        d_rows[:, i])
+        if not any(sel.size for sel in sels):
+            return
+        fast = _jit.kernel("drspc_sums")
+        if fast is not None and analog.dtype == digital.dtype == np.uint16:
+            all_rows = np.arange(self.block_shape[0], dtype=np.int64)
+            fast(analog, digital, cells, trains, np.array(self.windows, np.int64),
+                 all_rows if rows is None else rows.astype(np.int64), self._sums)
+            return
+        for g, sel in enumerate(sels):
+            if sel.size:
+                self._add_window_numpy(g, sel, analog, digital, cells, trains, rows)
+
+    def _add_window_numpy(
+        self, g: int, sel: np.ndarray, analog: np.ndarray, digital: np.ndarray,
+        cells: np.ndarray, trains: np.ndarray, rows: np.ndarray | None,
+    ) -> None:
+        """numpy version of the ``drspc_sums`` kernel for window ``g``: add frames ``sel``
+        (rows ``rows``, all when None) to ``self._sums[g]`` in groups of distinct cells."""
+        n_rows, n_cols = self.block_shape
+        n_values = self._n_pix if rows is None else rows.size * n_cols
+        block = max(1, _BLOCK_VALUES // n_values)
+        c = cells[sel]
+        t = trains[sel]
+        for layer in _distinct_cell_layers(c):
+            for start in range(0, layer.size, block):
+                blk = layer[start:start + block]
+                frames = sel[blk]
+                if rows is None:
+                    self._add_block(self._sums[g], c[blk], t[blk],
+                                    analog[frames].reshape(blk.size, -1),
+                                    digital[frames].reshape(blk.size, -1))
+                    continue
+                state = self._sums[g].reshape(self.n_cells, _N_PIX_SUMS, n_rows, n_cols)
+                a_rows = analog[frames[:, None], rows]
+                d_rows = digital[frames[:, None], rows]
+                for i, row in enumerate(rows):
+                    self._add_block(state[:, :, row], c[blk], t[blk], a_rows[:, i],
+                                    d_rows[:, i])
 
     def _add_block(
         self, state: np.ndarray, c: np.ndarray, t: np.ndarray, a: np.ndarray, d: np.ndarray
