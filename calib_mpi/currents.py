@@ -39,18 +39,6 @@ from .facilities import facility
 from .join import DatasetSpec, ResultPart, write_module
 from .merge import merge_across_currents
 from .parallel import agree
-from .pipeline import (
-    Processed,
-    after_run,
-    condition_attrs,
-    finish_record,
-    finish_timing,
-    gather_and_process,
-    lab_attrs,
-    plan_inputs,
-    provenance,
-    take_locks,
-)
 from .plan import Plan, Unit
 from .preprocess import (
     check_current_outputs,
@@ -65,6 +53,18 @@ from .recipes.drscs import (
     bytes_per_cell,
     error_counts,
     scan_steps,
+)
+from .steps import (
+    Processed,
+    after_run,
+    condition_attrs,
+    finish_record,
+    finish_timing,
+    gather_and_process,
+    lab_attrs,
+    plan_inputs,
+    provenance,
+    take_locks,
 )
 
 log = logging.getLogger("calib_mpi")

@@ -124,7 +124,7 @@ def check_outputs(cfg: Config, listing: dict) -> tuple[list[int], list[str]]:
     same configuration and the same input files (paths, sizes, modification times) is kept
     and the module skipped; a different existing result is an :class:`OutputError` unless
     ``overwrite`` is set. A temporary file left by an interrupted run is noted (and removed
-    once the job holds the result's lock, :func:`calib_mpi.pipeline.take_locks`).
+    once the job holds the result's lock, :func:`calib_mpi.steps.take_locks`).
     """
     todo, notes = [], []
     wanted = _science(json.loads(json.dumps(cfg.as_dict(), default=str)))
