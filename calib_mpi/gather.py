@@ -393,6 +393,256 @@ def _node_ranks(comm: MPI.Comm, node: _NodeBuffers | None) -> frozenset[int]:
         split.Free()
 
 
+BLOCK_ELEMS = 2 * 64 * 64  # uint16 elements of one frame's ASIC block (analog, digital)
+
+
+def count_rejected(rejected: dict, module: int, beyond: int | dict) -> None:
+    """Add the frames the reader left out of a slab of ``module`` to ``rejected``
+    ``{(module, reason): n}``: ``beyond`` is the XFEL count of cells >= n_cells, or the CFEL
+    ``{reason: frames}``."""
+    if isinstance(beyond, dict):
+        for reason, v in add_counts({}, beyond).items():
+            rejected[(module, reason)] = rejected.get((module, reason), 0) + v
+    elif beyond:
+        rejected[(module, CELL_RANGE)] = rejected.get((module, CELL_RANGE), 0) + beyond
+
+
+def error_message(err: BaseException | None) -> str | None:
+    """The message a failed read sends every rank (None: no error)."""
+    if err is None:
+        return None
+    msg = str(err) if isinstance(err, CalibError) else f"{type(err).__name__}: {err}"
+    return msg + f" [rank {MPI.COMM_WORLD.rank}]"
+
+
+def send_counts(n_frames: int, dest_units: list[list], rank: int, in_place: list[bool]
+                ) -> np.ndarray:
+    """uint16 elements this rank sends each rank by ``Alltoallv``: ``n_frames`` ASIC blocks
+    per unit of the destination in the slab's module, none to itself or to ranks that read
+    the frames in place."""
+    return np.array([n_frames * len(units) * BLOCK_ELEMS if d != rank and not in_place[d]
+                     else 0 for d, units in enumerate(dest_units)], np.int64)
+
+
+def recv_counts(received: list, my_units: list[int], rank: int) -> np.ndarray:
+    """uint16 elements this rank receives from each rank: ``received[s]`` is rank s's
+    metadata ``(cells, trains, offset)`` (None: nothing for us; offset not None: read in
+    place), ``my_units[s]`` how many of our units are in rank s's slab's module."""
+    out = np.zeros(len(received), np.int64)
+    for s, meta in enumerate(received):
+        if s != rank and meta is not None and meta[2] is None:
+            out[s] = len(meta[0]) * my_units[s] * BLOCK_ELEMS
+    return out
+
+
+def displacements(counts: np.ndarray) -> np.ndarray:
+    """Offsets of consecutive parts of the given sizes."""
+    return np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+
+
+def pack_blocks(sendbuf: np.ndarray, frames: np.ndarray, dest_units: list[list],
+                blocks: list[AsicBlock], scounts: np.ndarray, sdispl: np.ndarray) -> None:
+    """Copy each destination's ASIC blocks ``(frame, 2, 64, 64)`` of ``frames`` (frame, 2, H,
+    W) into ``sendbuf`` at its displacement, one unit after the other."""
+    n = len(frames)
+    for d in np.flatnonzero(scounts):
+        off = int(sdispl[d])
+        for u in dest_units[d]:
+            b = blocks[u.block]
+            view = sendbuf[off:off + n * BLOCK_ELEMS].reshape(n, 2, 64, 64)
+            np.copyto(view, frames[:, :, b.rows, b.cols])
+            off += n * BLOCK_ELEMS
+
+
+def consume_all(consume: Consumer, run_index: int, tasks: list[tuple],
+                pool: ThreadPoolExecutor | None) -> None:
+    """Consume (unit, frames, r0, c0, cells, trains, group) blocks: each unit's in arrival
+    order, different units in parallel when there is a pool."""
+    by_unit: dict = {}
+    for t in tasks:
+        by_unit.setdefault(t[0], []).append(t)
+
+    def one(ts: list[tuple]) -> None:
+        for t in ts:
+            consume(t[0], run_index, *t[1:])
+
+    if pool is None or len(by_unit) < 2:
+        for ts in by_unit.values():
+            one(ts)
+    else:
+        for _ in pool.map(one, by_unit.values()):
+            pass
+
+
+@dataclass
+class _Round:
+    """One round of a run on this rank: its slab's frames and what the exchange found."""
+
+    slab: Slab | None
+    frames: np.ndarray | None = None
+    cells: np.ndarray | None = None
+    trains: np.ndarray | None = None
+    #: units of each rank in this rank's slab's module
+    dest_units: list = field(default_factory=list)
+    #: metadata from each rank: (cells, trains, offset in its shared buffer) or None
+    received: list = field(default_factory=list)
+    recvbuf: np.ndarray | None = None
+    rcounts: np.ndarray | None = None
+    rdispl: np.ndarray | None = None
+
+
+class _RunGather:
+    """The state of :func:`gather_run` on one rank: reading, exchange and consumption of each
+    round are separate methods."""
+
+    def __init__(self, comm: MPI.Comm, plan: Plan, run_index: int, blocks: list[AsicBlock],
+                 consume: Consumer, driver: str, prefetch: bool, threads: int,
+                 node_sharing: bool):
+        self.comm, self.plan, self.run_index = comm, plan, run_index
+        self.blocks, self.consume = blocks, consume
+        self.rejected: dict = {}
+        self.files = _Files(plan, run_index, driver, comm)
+        shared = node_sharing and comm.size > 1
+        # shared buffers: always two sets, a round's frames stay put while others consume them
+        self.reader = _Reader(plan, run_index, self.files, comm.rank, prefetch,
+                              n_sets=2 if shared else None)
+        self.node = _node_buffers(comm, self.reader.n_elements) if shared else None
+        self.reader.allocate(self.node.alloc if self.node else None)
+        self.near = _node_ranks(comm, self.node)
+        self.sent = {"same node": 0, "other nodes": 0}
+        self.prof = dict.fromkeys(("read wait", "alltoall", "pack", "Alltoallv", "process"),
+                                  0.0)
+        #: ASIC blocks of frames from other ranks: read in their buffers, or received
+        self.moved = {"in place": 0, "received": 0}
+        self.pool = ThreadPoolExecutor(threads, "calib-consume") if threads > 1 else None
+
+    def _timed(self, phase: str, t0: float) -> None:
+        self.prof[phase] += time.monotonic() - t0
+
+    def read(self, k: int, slab: Slab | None) -> tuple[_Round, str | None]:
+        """This rank's slab of round ``k`` (waiting for the reader) and its error message."""
+        tw = time.monotonic()
+        got = self.reader.get(k)
+        self._timed("read wait", tw)
+        rnd = _Round(slab)
+        err = got if isinstance(got, BaseException) else None
+        if got is not None and err is None:
+            rnd.frames, rnd.cells, rnd.trains, beyond = got
+            count_rejected(self.rejected, slab.module, beyond)
+        size = self.comm.size
+        rnd.dest_units = [self.plan.units_in_module(d, slab.module) if slab is not None
+                          else [] for d in range(size)]
+        return rnd, error_message(err)
+
+    def exchange_meta(self, rnd: _Round, msg: str | None) -> list[bool]:
+        """One ``alltoall`` of errors and frame metadata; raises the first rank's error on
+        every rank. Returns which ranks read this rank's frames in place."""
+        rank, size, node = self.comm.rank, self.comm.size, self.node
+        here = node.offset(rnd.frames) if node is not None and rnd.frames is not None else None
+        in_place = [here is not None and node.on_node(d) for d in range(size)]
+        meta = [(msg, (rnd.cells, rnd.trains, here if in_place[d] else None)
+                 if (msg is None and rnd.dest_units[d] and d != rank) else None)
+                for d in range(size)]
+        tw = time.monotonic()
+        received = self.comm.alltoall(meta) if size > 1 else meta
+        self._timed("alltoall", tw)
+        failed = [m for m, _ in received if m is not None]
+        if failed:
+            raise CalibError(failed[0])
+        rnd.received = [r for _, r in received]
+        return in_place
+
+    def exchange_blocks(self, rnd: _Round, rounds_k: list, in_place: list[bool]) -> None:
+        """One ``Alltoallv``: each owner off this node gets (frame, 2, 64, 64) per ASIC."""
+        comm, rank = self.comm, self.comm.rank
+        n_send = 0 if rnd.frames is None else len(rnd.frames)
+        scounts = send_counts(n_send, rnd.dest_units, rank, in_place)
+        sdispl = displacements(scounts)
+        mine = [len(self.plan.units_in_module(rank, sl.module)) if sl is not None else 0
+                for sl in rounds_k]
+        rnd.rcounts = recv_counts(rnd.received, mine, rank)
+        rnd.rdispl = displacements(rnd.rcounts)
+        if comm.size == 1:
+            return
+        tw = time.monotonic()
+        sendbuf = _buffer("send", int(scounts.sum()))
+        if n_send:
+            pack_blocks(sendbuf, rnd.frames, rnd.dest_units, self.blocks, scounts, sdispl)
+        rnd.recvbuf = _buffer("recv", int(rnd.rcounts.sum()))
+        self._timed("pack", tw)
+        tw = time.monotonic()
+        comm.Alltoallv([sendbuf, (scounts, sdispl), MPI.UNSIGNED_SHORT],
+                       [rnd.recvbuf, (rnd.rcounts, rnd.rdispl), MPI.UNSIGNED_SHORT])
+        for d in np.flatnonzero(scounts):
+            self.sent["same node" if int(d) in self.near else "other nodes"] += \
+                int(scounts[d]) * 2
+        self._timed("Alltoallv", tw)
+
+    def tasks(self, rnd: _Round, rounds_k: list) -> list[tuple]:
+        """(unit, frames, r0, c0, cells, trains, group) for every owned ASIC of the round:
+        from this rank's buffer, in place from a node neighbour's, or received."""
+        rank, plan, blocks = self.comm.rank, self.plan, self.blocks
+        out = []
+        for s, meta in enumerate(rnd.received):  # in rank order, this rank's frames included
+            if s == rank:
+                if rnd.frames is not None and len(rnd.frames) and rnd.dest_units[rank]:
+                    group = group_by_cell(rnd.cells, plan.n_cells)
+                    out += [(u, rnd.frames, blocks[u.block].rows.start,
+                             blocks[u.block].cols.start, rnd.cells, rnd.trains, group)
+                            for u in rnd.dest_units[rank]]
+                continue
+            if meta is None or (meta[2] is None and not rnd.rcounts[s]):
+                continue
+            c_s, t_s, at = meta
+            n_s, group = len(c_s), group_by_cell(c_s, plan.n_cells)
+            off = int(rnd.rdispl[s])
+            for u in plan.units_in_module(rank, rounds_k[s].module):
+                b = blocks[u.block]
+                if at is not None:  # in place, in the buffer of rank s on this node
+                    view = self.node.frames(s, at, n_s, self.reader.shape)
+                    out.append((u, view, b.rows.start, b.cols.start, c_s, t_s, group))
+                    self.moved["in place"] += n_s
+                    continue
+                view = rnd.recvbuf[off:off + n_s * BLOCK_ELEMS].reshape(n_s, 2, 64, 64)
+                out.append((u, view, 0, 0, c_s, t_s, group))
+                self.moved["received"] += n_s
+                off += n_s * BLOCK_ELEMS
+        return out
+
+    def round(self, k: int, rounds_k: list) -> None:
+        """Read, exchange and consume round ``k``."""
+        rnd, msg = self.read(k, rounds_k[self.comm.rank])
+        in_place = self.exchange_meta(rnd, msg)
+        # every rank has entered this round, so is done with the previous one, whose
+        # buffer set the next read reuses
+        self.reader.ahead(k + 1)
+        self.exchange_blocks(rnd, rounds_k, in_place)
+        tw = time.monotonic()
+        consume_all(self.consume, self.run_index, self.tasks(rnd, rounds_k), self.pool)
+        self._timed("process", tw)
+
+    def close(self) -> None:
+        self.reader.close()
+        self.files.close()
+        if self.pool is not None:
+            self.pool.shutdown()
+
+    def stats(self, seconds: float, threads: int) -> GatherStats:
+        """This rank's :class:`GatherStats` (and a debug line)."""
+        prof, sent, moved = self.prof, self.sent, self.moved
+        log.debug("gather run %s rank %d, %d consume thread(s): %s; ASIC blocks from other "
+                  "ranks: %d in place, %d received; bytes sent to the same node %d, to other "
+                  "nodes %d", self.plan.runs[self.run_index], self.comm.rank,
+                  threads if self.pool is not None else 1,
+                  ", ".join(f"{k} {v:.2f} s" for k, v in prof.items()), moved["in place"],
+                  moved["received"], sent["same node"], sent["other nodes"])
+        profile = {"read": self.reader.seconds, "read wait": prof["read wait"],
+                   "exchange": prof["alltoall"] + prof["pack"] + prof["Alltoallv"],
+                   "process": prof["process"]}
+        return GatherStats(self.rejected, self.reader.bytes, seconds, sent["same node"],
+                           sent["other nodes"], profile)
+
+
 def gather_run(comm: MPI.Comm, plan: Plan, run_index: int, blocks: list[AsicBlock],
                consume: Consumer, driver: str, prefetch: bool = True,
                show_progress: bool = False, threads: int = 1, node_sharing: bool = True
@@ -409,169 +659,25 @@ def gather_run(comm: MPI.Comm, plan: Plan, run_index: int, blocks: list[AsicBloc
     the read buffers are in an MPI shared-memory window and ranks of one node consume each
     other's frames in place (:class:`_NodeBuffers`); only blocks for other nodes are sent.
     """
-    rank, size = comm.rank, comm.size
     rounds = plan.rounds[run_index]
-    block_elems = 2 * 64 * 64
-    rejected: dict = {}
-    files = _Files(plan, run_index, driver, comm)
-    shared = node_sharing and size > 1
-    # shared buffers: always two sets, a round's frames stay put while others consume them
-    reader = _Reader(plan, run_index, files, rank, prefetch, n_sets=2 if shared else None)
-    node = _node_buffers(comm, reader.n_elements) if shared else None
-    reader.allocate(node.alloc if node else None)
-    near = _node_ranks(comm, node)
-    sent = {"same node": 0, "other nodes": 0}
     t0 = time.monotonic()
+    g = _RunGather(comm, plan, run_index, blocks, consume, driver, prefetch, threads,
+                   node_sharing)
     frame_bytes = facility(plan.facility).read_frame_bytes
     total = sum(sl.n_frames for rnd in rounds for sl in rnd if sl is not None) * frame_bytes
     n_trains = sum(plan.trains_used[(run_index, m)] for m in plan.modules)
     progress = Progress(f"run {plan.runs[run_index]}", total, n_trains, show_progress)
     done = 0
-    prof = dict.fromkeys(("read wait", "alltoall", "pack", "Alltoallv", "process"), 0.0)
-    #: ASIC blocks of frames from other ranks: read in their buffers, or received
-    moved = {"in place": 0, "received": 0}
-    pool = ThreadPoolExecutor(threads, "calib-consume") if threads > 1 else None
-
-    def consume_all(tasks: list[tuple]) -> None:
-        """Consume (unit, frames, r0, c0, cells, trains, group) blocks: each unit's in
-        arrival order, different units in parallel when there is a pool."""
-        by_unit: dict = {}
-        for t in tasks:
-            by_unit.setdefault(t[0], []).append(t)
-
-        def one(ts: list[tuple]) -> None:
-            for t in ts:
-                consume(t[0], run_index, *t[1:])
-
-        if pool is None or len(by_unit) < 2:
-            for ts in by_unit.values():
-                one(ts)
-        else:
-            for _ in pool.map(one, by_unit.values()):
-                pass
-
     try:
-        for k, rnd in enumerate(rounds):
-            slab = rnd[rank]
-            tw = time.monotonic()
-            got = reader.get(k)
-            prof["read wait"] += time.monotonic() - tw
-            err = got if isinstance(got, BaseException) else None
-            frames = cells = trains = None
-            if got is not None and err is None:
-                frames, cells, trains, beyond = got
-                if isinstance(beyond, dict):  # CFEL: {reason: frames}, e.g. negative values
-                    for reason, v in add_counts({}, beyond).items():
-                        key = (slab.module, reason)
-                        rejected[key] = rejected.get(key, 0) + v
-                elif beyond:
-                    key = (slab.module, CELL_RANGE)
-                    rejected[key] = rejected.get(key, 0) + beyond
-            msg = None if err is None else (str(err) if isinstance(err, CalibError)
-                                            else f"{type(err).__name__}: {err}")
-            if msg is not None:
-                msg += f" [rank {MPI.COMM_WORLD.rank}]"
-            dest_units = [plan.units_in_module(d, slab.module) if slab is not None else []
-                          for d in range(size)]
-            # where a rank of this node finds the frames in this rank's buffer (None: sent)
-            here = node.offset(frames) if node is not None and frames is not None else None
-            in_place = [here is not None and node.on_node(d) for d in range(size)]
-            meta = [(msg, (cells, trains, here if in_place[d] else None)
-                     if (err is None and dest_units[d] and d != rank) else None)
-                    for d in range(size)]
-            tw = time.monotonic()
-            received = comm.alltoall(meta) if size > 1 else meta
-            prof["alltoall"] += time.monotonic() - tw
-            failed = [(r, m) for r, (m, _) in enumerate(received) if m is not None]
-            if failed:
-                raise CalibError(failed[0][1])
-            # every rank has entered this round, so is done with the previous one, whose
-            # buffer set the next read reuses
-            reader.ahead(k + 1)
-
-            # one Alltoallv per round: each other owner gets (frame, 2, 64, 64) per ASIC
-            n_send = 0 if frames is None else len(frames)
-            scounts = np.array([n_send * len(dest_units[d]) * block_elems
-                                if d != rank and not in_place[d] else 0
-                                for d in range(size)], np.int64)
-            sdispl = np.concatenate([[0], np.cumsum(scounts)[:-1]])
-            rcounts = np.zeros(size, np.int64)
-            for s in range(size):
-                if s != rank and received[s][1] is not None and received[s][1][2] is None:
-                    rcounts[s] = (len(received[s][1][0])
-                                  * len(plan.units_in_module(rank, rnd[s].module)) * block_elems)
-            rdispl = np.concatenate([[0], np.cumsum(rcounts)[:-1]])
-            tw = time.monotonic()
-            if size > 1:
-                sendbuf = _buffer("send", int(scounts.sum()))
-                for d in range(size):
-                    off = int(sdispl[d])
-                    for u in dest_units[d] if scounts[d] else []:
-                        b = blocks[u.block]
-                        view = sendbuf[off:off + n_send * block_elems].reshape(n_send, 2, 64, 64)
-                        np.copyto(view, frames[:, :, b.rows, b.cols])
-                        off += n_send * block_elems
-                recvbuf = _buffer("recv", int(rcounts.sum()))
-                prof["pack"] += time.monotonic() - tw
-                tw = time.monotonic()
-                comm.Alltoallv([sendbuf, (scounts, sdispl), MPI.UNSIGNED_SHORT],
-                               [recvbuf, (rcounts, rdispl), MPI.UNSIGNED_SHORT])
-                for d in np.flatnonzero(scounts):
-                    sent["same node" if int(d) in near else "other nodes"] += int(scounts[d]) * 2
-                prof["Alltoallv"] += time.monotonic() - tw
-            tw = time.monotonic()
-            tasks = []
-            for s in range(size):
-                if s == rank:
-                    if frames is None or not len(frames) or not dest_units[rank]:
-                        continue
-                    group = group_by_cell(cells, plan.n_cells)
-                    for u in dest_units[rank]:
-                        b = blocks[u.block]
-                        tasks.append((u, frames, b.rows.start, b.cols.start, cells, trains,
-                                      group))
-                    continue
-                if received[s][1] is None:
-                    continue
-                c_s, t_s, at = received[s][1]
-                n_s = len(c_s)
-                group = group_by_cell(c_s, plan.n_cells)
-                if at is not None:  # in place, in the buffer of rank s on this node
-                    view = node.frames(s, at, n_s, reader.shape)
-                    for u in plan.units_in_module(rank, rnd[s].module):
-                        b = blocks[u.block]
-                        tasks.append((u, view, b.rows.start, b.cols.start, c_s, t_s, group))
-                        moved["in place"] += n_s
-                    continue
-                if not rcounts[s]:
-                    continue
-                off = int(rdispl[s])
-                for u in plan.units_in_module(rank, rnd[s].module):
-                    moved["received"] += n_s
-                    view = recvbuf[off:off + n_s * block_elems].reshape(n_s, 2, 64, 64)
-                    tasks.append((u, view, 0, 0, c_s, t_s, group))
-                    off += n_s * block_elems
-            consume_all(tasks)
-            prof["process"] += time.monotonic() - tw
-            done += sum(sl.n_frames for sl in rnd if sl is not None) * frame_bytes
+        for k, rounds_k in enumerate(rounds):
+            g.round(k, rounds_k)
+            done += sum(sl.n_frames for sl in rounds_k if sl is not None) * frame_bytes
             progress.update(done)
-        if node is not None:
+        if g.node is not None:
             # the next run reads into these buffers (not on errors: they end the job, and
             # sync waits for every rank)
-            node.sync()
+            g.node.sync()
         progress.close()
     finally:
-        reader.close()
-        files.close()
-        if pool is not None:
-            pool.shutdown()
-    log.debug("gather run %s rank %d, %d consume thread(s): %s; ASIC blocks from other "
-              "ranks: %d in place, %d received; bytes sent to the same node %d, to other "
-              "nodes %d", plan.runs[run_index], rank, threads if pool is not None else 1,
-              ", ".join(f"{k} {v:.2f} s" for k, v in prof.items()), moved["in place"],
-              moved["received"], sent["same node"], sent["other nodes"])
-    profile = {"read": reader.seconds, "read wait": prof["read wait"],
-               "exchange": prof["alltoall"] + prof["pack"] + prof["Alltoallv"],
-               "process": prof["process"]}
-    return GatherStats(rejected, reader.bytes, time.monotonic() - t0, sent["same node"],
-                       sent["other nodes"], profile)
+        g.close()
+    return g.stats(time.monotonic() - t0, threads)

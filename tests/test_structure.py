@@ -11,7 +11,7 @@ import calib_mpi
 
 ROOT = Path(calib_mpi.__file__).parent
 #: modules whose functions must fit on a screen (the job's driver and its shared steps)
-SHORT = ("pipeline.py", "steps.py")
+SHORT = ("pipeline.py", "steps.py", "gather.py")
 MAX_LINES = 80
 
 
