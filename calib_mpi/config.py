@@ -17,24 +17,11 @@ import configargparse
 
 from . import __version__
 from .errors import ConfigError
+from .options import ALL_STEPS, FACILITIES, K_ALPHA_KEV, RUNS_NEEDED, add_options
 from .resources import data_dir
 
-FACILITIES = ("xfel", "cfel")
-#: measurement -> (number of runs it needs or None, what the runs are); one entry per recipe in
-#: calib_mpi.recipes (kept here so that parsing a config never imports MPI: a process that
-#: initialised MPI passes its MPI environment on to the jobs it submits)
-RUNS_NEEDED = {
-    "dark": (3, "high, medium, low gain"),
-    "drspc": (8, "row groups r1..r8"),
-    "drscs": (4, "column groups col15, col26, col37, col48, per current"),
-    "xray": (1, "fluorescence run"),
-}
-MEASUREMENTS = tuple(RUNS_NEEDED)
-ALL_STEPS = ("preprocess", "gather", "process", "join")
 ENV_PREFIX = "CALIB_MPI_"
 NUMBER_WORDS = {1: "one", 2: "two", 3: "three", 4: "four", 8: "eight"}
-#: fluorescence target -> K-alpha photon energy (keV), for ``photon_energy = 0``
-K_ALPHA_KEV = {"Cu": 8.04, "Mo": 17.44}
 
 
 def facility_dir() -> Path:
@@ -243,308 +230,10 @@ def _base_parser(default_files: list[str], add_help: bool = True) -> configargpa
 
 
 def build_parser(default_files: list[str] | None = None) -> configargparse.ArgParser:
-    """The full command-line parser (also used for ``--help``)."""
+    """The full command-line parser (also used for ``--help``): the options of
+    :mod:`calib_mpi.options` over the given default config files."""
     p = _base_parser(default_files or [])
-    g = p.add_argument_group("what to compute")
-    g.add_argument(
-        "--facility",
-        choices=FACILITIES,
-        default="xfel",
-        help="facility defaults to load from facility_specifics/<facility>.conf",
-    )
-    g.add_argument(
-        "--measurement", choices=MEASUREMENTS, default="dark", help="kind of calibration run set"
-    )
-    g.add_argument(
-        "--input_dir", "--input-dir",
-        help="XFEL: directory holding the run folders rNNNN/; CFEL: holding <temperature>/",
-    )
-    g.add_argument(
-        "--runs",
-        "--run",
-        nargs="+",
-        help="run numbers; dark: exactly three, high, medium, low gain (see run_order); "
-        "drspc: exactly eight, in the order r1..r8 (run k injects chip rows k mod 8); xray: one",
-    )
-    g.add_argument("--modules", "--module", nargs="+", help="module numbers, e.g. '0 3' or '0-15'")
-    g.add_argument("--detector", help="XFEL detector source prefix, e.g. SPB_DET_AGIPD1M-1")
-    g.add_argument(
-        "--n_cells",
-        "--n-cells",
-        type=int,
-        default=0,
-        help="number of memory cells of the constants (0: max(cellId)+1 of all files); CFEL: "
-        "memory cells per train, a train is 2 x n_cells frames (facility default 352)",
-    )
-    g.add_argument("--interleaved", action="store_true",
-                   help="2017 XFEL mode: analog and digital as separate frames in data[:, 0] "
-                        "(even cellId analog, odd digital)")
-    g.add_argument("--max_train_gap", "--max-train-gap", type=int, default=1000,
-                   help="train IDs in small groups more than this many trains away from the "
-                        "rest of the run are bogus and left out")
-    g.add_argument("--missing_modules", "--missing-modules", choices=("error", "skip"),
-                   default="error",
-                   help="a module without files in a run: stop with an error, or leave the "
-                        "module out of the job and report it")
-    g = p.add_argument_group("output")
-    g.add_argument("--output_dir", "--output-dir", help="directory for the results")
-    g.add_argument(
-        "--steps",
-        nargs="+",
-        default=list(ALL_STEPS),
-        help=f"steps to run, a subset of {' '.join(ALL_STEPS)}",
-    )
-    g.add_argument(
-        "--overwrite", action="store_true", help="replace existing results (default: refuse)"
-    )
-    g.add_argument("--plot", action="store_true",
-                   help="after the run, write PNG maps and histograms to "
-                        "<output_dir>/<measurement>/plots (see calib-mpi plot --help)")
-    g.add_argument("--geometry", help="pictures: CrystFEL .geom file placing the modules "
-                   "(default: quadrant positions)")
-    g.add_argument("--quad_pos", "--quad-pos", nargs="+", metavar="XY",
-                   help="pictures: x y of the first pixel of quadrants 1-4 (modules 0, 4, 8, "
-                   "12) in pixels, x to the left and y up along the beam, 8 numbers "
-                   "(default: the instrument's, from the detector name)")
-    g.add_argument("--plot_units", "--plot-units", choices=("px", "mm"), default="px",
-                   help="pictures: axis units of the full-detector images")
-    g.add_argument("--export", action="store_true",
-                   help="after the run, write CalCat-ready constants to "
-                        "<output_dir>/<measurement>/pycalibration; needs pdu_names (see "
-                        "calib-mpi export --help)")
-    g.add_argument(
-        "--dry_run",
-        "--dry-run",
-        action="store_true",
-        help="print the plan (files, trains, cells, rank assignment) and stop",
-    )
-    g = p.add_argument_group("file layout (facility defaults)")
-    g.add_argument(
-        "--run_dir_pattern",
-        "--run-dir-pattern",
-        default="r{run:04d}",
-        help="run folder name inside input_dir",
-    )
-    g.add_argument(
-        "--file_pattern",
-        "--file-pattern",
-        default="RAW-R{run:04d}-AGIPD{module:02d}-S{seq:05d}.h5",
-        help="raw file name of one module and sequence",
-    )
-    g.add_argument(
-        "--source_pattern",
-        "--source-pattern",
-        default="{detector}/DET/{module}CH0:xtdf",
-        help="detector source name",
-    )
-    g = p.add_argument_group("CFEL lab files (facility = cfel)")
-    g.add_argument("--module_serial", "--module-serial",
-                   help="module serial as in the file names, e.g. M304 (names the output file)")
-    g.add_argument("--temperature", help="temperature directory in input_dir, e.g. "
-                   "temperature_m20C")
-    g.add_argument("--position", help="slot in the lab stand as in the file names, e.g. m2")
-    g.add_argument("--spec", help="file-name word after the measurement, e.g. tint150ns (dark "
-                   "integration time); leave out when the names have none; xray: default "
-                   "xray_target (Cu, Mo)")
-    g.add_argument("--current", "--currents", nargs="+",
-                   help="drscs only: the currents, e.g. 'itestc20 itestc80 itestc150' (lab: "
-                   "their sub-directories); several are processed in parallel by rank groups and "
-                   "merged per (cell, pixel); the order breaks ties in the merge")
-    g.add_argument("--subdir", help="optional sub-directory below <measurement>/, e.g. burst")
-    g.add_argument("--run_names", "--run-names", nargs="+",
-                   help="run names in the file names, in order; dark: high, medium, low gain "
-                   "(default hg mg lg); drspc: row groups 0..7 (default r1 .. r8); xray: none by "
-                   "default (names ..._xray_<spec>_<run:05>...); run "
-                   "numbers come from runs or from the file names")
-    g = p.add_argument_group("performance")
-    g.add_argument(
-        "--chunk_frames",
-        "--chunk-frames",
-        type=int,
-        default=1024,
-        help="frames per read slab (whole trains, at least one); memory per rank is about "
-        "1 MB per frame (two read buffers, send and receive buffers)",
-    )
-    g.add_argument(
-        "--threads",
-        type=int,
-        default=0,
-        help="threads per rank processing different ASICs at once (dark); 0: the rank's "
-        "share of the cores it may run on (mpirun binds each of one or two ranks to one core "
-        "unless told otherwise, e.g. --bind-to none; unbound ranks share the node's cores)",
-    )
-    g.add_argument(
-        "--report",
-        help="write timings (per step), bytes read and peak memory per rank as JSON here",
-    )
-    g.add_argument(
-        "--no_prefetch",
-        "--no-prefetch",
-        dest="prefetch",
-        action="store_false",
-        help="do not read the next slab in a background thread while computing",
-    )
-    g.add_argument(
-        "--no_node_sharing",
-        "--no-node-sharing",
-        dest="node_sharing",
-        action="store_false",
-        help="send ASIC blocks to ranks of the same node by Alltoallv instead of letting them "
-        "read the blocks from the reader's buffer (MPI shared memory)",
-    )
-    g.add_argument(
-        "--io_driver",
-        "--io-driver",
-        choices=("auto", "mpio", "posix"),
-        default="auto",
-        help="HDF5 driver: mpio (parallel HDF5), posix (serial), auto (mpio if h5py "
-        "has MPI support)",
-    )
-    g = p.add_argument_group("bad pixels (dark)")
-    g.add_argument(
-        "--offset_sigma",
-        "--offset-sigma",
-        type=float,
-        default=5.0,
-        help="flag offsets further than this many robust sigmas from the module "
-        "median per (gain, cell)",
-    )
-    g.add_argument(
-        "--noise_sigma", "--noise-sigma", type=float, default=5.0, help="same for the noise"
-    )
-    g.add_argument(
-        "--offset_hard",
-        "--offset-hard",
-        nargs=2,
-        type=float,
-        default=[0.0, 16383.0],
-        help="hard [low, high] limits of the offset (ADU)",
-    )
-    g.add_argument(
-        "--noise_hard",
-        "--noise-hard",
-        nargs=2,
-        type=float,
-        default=[0.1, 500.0],
-        help="hard [low, high] limits of the noise (ADU)",
-    )
-    g.add_argument(
-        "--gain_separation_sigma",
-        "--gain-separation-sigma",
-        type=float,
-        default=3.0,
-        help="minimum (gl[g+1]-gl[g])/(sd[g]+sd[g+1]) between gain levels",
-    )
-    g = p.add_argument_group("pulsed capacitor (drspc)")
-    g.add_argument(
-        "--drspc_windows",
-        "--drspc-windows",
-        nargs="+",
-        default=[42, 122, 402, 552],
-        help="fit windows [t0, t1) of high and medium gain: t0 t1 t0 t1, in train steps "
-        "(train ID minus the run's first train ID)",
-    )
-    g.add_argument(
-        "--drspc_residual_limits",
-        "--drspc-residual-limits",
-        nargs="+",
-        default=[50.0, 50.0],
-        help="largest residual RMS of the high and medium gain fits (ADU)",
-    )
-    g.add_argument(
-        "--drspc_slope_limits",
-        "--drspc-slope-limits",
-        nargs="+",
-        default=[4.0, 100.0, 0.12, 3.0],
-        help="accepted slopes [low, high] of the high and medium gain fits (ADU per train step)",
-    )
-    g = p.add_argument_group("fluorescence (xray)")
-    g.add_argument(
-        "--xray_target",
-        "--xray-target",
-        choices=tuple(K_ALPHA_KEV),
-        default="Cu",
-        help="fluorescence target; sets the photon energy (K-alpha: Cu 8.04, Mo 17.44 keV)",
-    )
-    g.add_argument(
-        "--photon_energy",
-        "--photon-energy",
-        type=float,
-        default=0.0,
-        help="photon energy in keV for gain_adu_per_kev (0: K-alpha of xray_target)",
-    )
-    g.add_argument(
-        "--xray_bins",
-        "--xray-bins",
-        type=int,
-        default=512,
-        help="1-ADU histogram bins per (cell, pixel), from the histogram origin upwards; "
-        "memory per ASIC is cells x 4096 x bins x 4 bytes",
-    )
-    g.add_argument(
-        "--xray_origin_trains",
-        "--xray-origin-trains",
-        type=int,
-        default=64,
-        help="the histogram origin of each (cell, pixel) is the lower quartile of its values "
-        "in the module's first this many trains with data, minus xray_origin_margin",
-    )
-    g.add_argument(
-        "--xray_origin_margin",
-        "--xray-origin-margin",
-        type=int,
-        default=64,
-        help="ADU kept below the lower quartile for the histogram origin",
-    )
-    g.add_argument(
-        "--xray_deviation_sigma",
-        "--xray-deviation-sigma",
-        type=float,
-        default=5.0,
-        help="flag photon spacings further than this many robust sigmas from the ASIC's "
-        "median per cell (FF_GAIN_DEVIATION)",
-    )
-    g = p.add_argument_group("current source (drscs)")
-    g.add_argument(
-        "--drscs",
-        nargs="+",
-        help="processing parameters as name=value, e.g. 'safety_factor=700 min_flat=5' "
-        "(names of calib_mpi.process.drscs.DrscsParams; several numbers as 7/30/30)",
-    )
-    g.add_argument(
-        "--drscs_memory",
-        "--drscs-memory",
-        type=float,
-        default=4000.0,
-        help="MB per rank for the stored scans (steps x cells x 4096 x 5 bytes per ASIC); "
-        "when the cells need more, they are processed in several passes over the data",
-    )
-    g = p.add_argument_group("operating conditions (XFEL control data; give a value to override)")
-    g.add_argument("--control_domain", "--control-domain", default="SPB_IRU_AGIPD1M1",
-                   help="Karabo control domain of the detector: FPGA composite device "
-                   "<domain>/MDL/FPGA_COMP, bias supply <domain minus last character>/PSC/HV "
-                   "(facility default per instrument)")
-    g.add_argument("--bias_voltage", "--bias-voltage", type=float,
-                   help="sensor bias voltage (V)")
-    g.add_argument("--memory_cells", "--memory-cells", type=int,
-                   help="memory cells setting (bunchStructure.nPulses)")
-    g.add_argument("--acquisition_rate", "--acquisition-rate", type=float,
-                   help="acquisition rate (MHz)")
-    g.add_argument("--gain_setting", "--gain-setting", type=int, choices=(0, 1),
-                   help="gain setting (CDS mode)")
-    g.add_argument("--gain_mode", "--gain-mode", type=int, choices=(0, 1, 2, 3),
-                   help="gain mode of every run: 0 adaptive, 1/2/3 fixed high/medium/low")
-    g.add_argument("--integration_time", "--integration-time", type=int,
-                   help="integration time (FPGA clock units; AGIPD default 12)")
-    g.add_argument("--run_order", "--run-order", choices=("check", "trust"), default="check",
-                   help="dark: check the gain order of the runs (from gain modes or digital "
-                   "levels) and put them right, or trust the order given")
-    g.add_argument("--pdu_names", "--pdu-names", nargs="+",
-                   help="physical detector unit (CalCat PDU) of each module for the export: "
-                   "names in the order of modules, or module:name pairs")
-    g = p.add_argument_group("messages")
-    g.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
-    g.add_argument("-q", "--quiet", action="store_true", help="errors only")
+    add_options(p)
     return p
 
 
@@ -705,10 +394,21 @@ def _pdu_names(values: list[str] | None, modules: tuple[int, ...]) -> tuple:
     return tuple(zip(modules, words, strict=True))
 
 
-def parse_config(argv: list[str]) -> Config:
-    """Parse and validate the configuration; raises :class:`ConfigError` with the key at fault."""
-    fac_file = _facility_file(argv)
-    parser = build_parser([fac_file])
+#: options copied into the Config as they were parsed
+_AS_PARSED = (
+    "facility", "measurement", "run_dir_pattern", "file_pattern", "source_pattern",
+    "overwrite", "n_cells", "interleaved", "max_train_gap", "missing_modules", "chunk_frames",
+    "prefetch", "node_sharing", "threads", "plot", "export", "io_driver", "offset_sigma",
+    "noise_sigma", "gain_separation_sigma", "xray_target", "xray_bins", "xray_origin_trains",
+    "xray_origin_margin", "xray_deviation_sigma", "drscs_memory", "control_domain",
+    "bias_voltage", "memory_cells", "acquisition_rate", "gain_setting", "gain_mode",
+    "integration_time", "run_order", "dry_run", "verbose", "quiet",
+)
+
+
+def _namespace(argv: list[str]) -> argparse.Namespace:
+    """Parse the command line over the config file and the facility defaults."""
+    parser = build_parser([_facility_file(argv)])
     try:
         ns = parser.parse_args(argv)
     except SystemExit as e:
@@ -717,7 +417,6 @@ def parse_config(argv: list[str]) -> Config:
         raise ConfigError("invalid command line or config file (see the message above)") from e
     if ns.config and not Path(ns.config).is_file():
         raise ConfigError(f"config file {ns.config} does not exist")
-
     required = ("input_dir", "runs", "modules", "output_dir")
     if ns.facility == "cfel":
         required = ("input_dir", "output_dir", "module_serial", "temperature", "position")
@@ -728,16 +427,17 @@ def parse_config(argv: list[str]) -> Config:
             + ", ".join(missing)
             + " (give them in the config file as 'key = value' or as --key value)"
         )
+    return ns
+
+
+def _run_set(ns: argparse.Namespace) -> tuple[tuple[int, ...], tuple[int, ...], dict]:
+    """Runs and modules checked against the measurement; XFEL drscs: the currents' runs."""
     runs = tuple(parse_int_list(ns.runs, "runs"))
     modules = tuple(parse_int_list(ns.modules, "modules"))
     if any(m > 15 for m in modules):
         raise ConfigError(f"modules: {modules} — AGIPD1M modules are 0..15")
     if len(set(modules)) != len(modules):
         raise ConfigError(f"modules: {modules} lists a module twice")
-    steps = tuple(parse_word_list(ns.steps))
-    bad = [s for s in steps if s not in ALL_STEPS]
-    if bad:
-        raise ConfigError(f"steps: unknown step(s) {bad}; expected a subset of {ALL_STEPS}")
     n_runs, meaning = RUNS_NEEDED[ns.measurement]
     xfel_currents: dict = {}
     if ns.facility == "xfel" and ns.measurement == "drscs":
@@ -750,10 +450,30 @@ def parse_config(argv: list[str]) -> Config:
     if ns.facility == "xfel" and ns.current and ns.measurement != "drscs":
         raise ConfigError(f"current: only drscs has currents; leave it out for measurement "
                           f"{ns.measurement}")
+    if len(set(runs)) != len(runs):
+        twice = sorted({r for r in runs if runs.count(r) > 1})
+        raise ConfigError(f"runs: {list(runs)} — run(s) {twice} given more than once; each "
+                          "run of a job must be a different run")
+    return runs, modules, xfel_currents
+
+
+def _steps(ns: argparse.Namespace) -> tuple[str, ...]:
+    steps = tuple(parse_word_list(ns.steps))
+    bad = [s for s in steps if s not in ALL_STEPS]
+    if bad:
+        raise ConfigError(f"steps: unknown step(s) {bad}; expected a subset of {ALL_STEPS}")
+    return tuple(s for s in ALL_STEPS if s in steps)
+
+
+def _performance(ns: argparse.Namespace) -> None:
     if ns.chunk_frames < 1:
         raise ConfigError("chunk_frames must be at least 1")
     if ns.threads < 0:
         raise ConfigError("threads must be 0 (automatic) or more")
+
+
+def _measurement_parameters(ns: argparse.Namespace) -> dict:
+    """drspc, xray and drscs parameters checked and converted."""
     w = tuple(int(v) for v in _floats(ns.drspc_windows, "drspc_windows", 4))
     if w != _floats(ns.drspc_windows, "drspc_windows", 4) or w[0] >= w[1] or w[2] >= w[3]:
         raise ConfigError(f"drspc_windows: {w} — expected four integer train steps t0 t1 t0 t1 "
@@ -770,73 +490,45 @@ def parse_config(argv: list[str]) -> Config:
         raise ConfigError("drscs_memory must be positive (MB per rank)")
     if ns.photon_energy < 0:
         raise ConfigError("photon_energy must be positive (or 0: from xray_target)")
-    if len(set(runs)) != len(runs):
-        twice = sorted({r for r in runs if runs.count(r) > 1})
-        raise ConfigError(f"runs: {list(runs)} — run(s) {twice} given more than once; each "
-                          "run of a job must be a different run")
+    return {"drspc_windows": w, "drspc_residual_limits": residual, "drspc_slope_limits": sl,
+            "photon_energy": ns.photon_energy or K_ALPHA_KEV[ns.xray_target],
+            "drscs_settings": _drscs_settings(ns.drscs),
+            "offset_hard": tuple(ns.offset_hard), "noise_hard": tuple(ns.noise_hard)}
+
+
+def _export_names(ns: argparse.Namespace, modules: tuple[int, ...]) -> tuple:
+    """``pdu_names`` checked; an XFEL export needs one for every module."""
     pdu_names = _pdu_names(ns.pdu_names, modules)
     if ns.export and ns.facility == "xfel" and \
             (lost := [m for m in modules if m not in dict(pdu_names)]):
         raise ConfigError(f"export: no physical detector unit (CalCat PDU) name for module(s) "
                           f"{lost}; give pdu_names (one per module, e.g. pdu_names = "
                           "AGIPD_SIV1_AGIPDV11_M305 ...) — calib-mpi does not invent them")
-    cfel: dict = dict(xfel_currents)
+    return pdu_names
+
+
+def parse_config(argv: list[str]) -> Config:
+    """Parse and validate the configuration; raises :class:`ConfigError` with the key at fault."""
+    ns = _namespace(argv)
+    runs, modules, cfel = _run_set(ns)
+    steps = _steps(ns)
+    _performance(ns)
+    params = _measurement_parameters(ns)
+    pdu_names = _export_names(ns, modules)
     if ns.facility == "cfel":
         runs, modules, cfel = _cfel_settings(ns, runs, modules)
     return Config(
-        facility=ns.facility,
-        measurement=ns.measurement,
+        **{k: getattr(ns, k) for k in _AS_PARSED},
         input_dir=Path(ns.input_dir),
         runs=runs,
         modules=modules,
         output_dir=Path(ns.output_dir),
         detector=ns.detector or "SPB_DET_AGIPD1M-1",
-        run_dir_pattern=ns.run_dir_pattern,
-        file_pattern=ns.file_pattern,
-        source_pattern=ns.source_pattern,
-        steps=tuple(s for s in ALL_STEPS if s in steps),
-        overwrite=ns.overwrite,
-        n_cells=ns.n_cells,
-        interleaved=ns.interleaved,
-        max_train_gap=ns.max_train_gap,
-        missing_modules=ns.missing_modules,
-        chunk_frames=ns.chunk_frames,
-        prefetch=ns.prefetch,
-        node_sharing=ns.node_sharing,
-        threads=ns.threads,
+        steps=steps,
         report=Path(ns.report) if ns.report else None,
-        plot=ns.plot,
         **_picture_settings(ns),
-        export=ns.export,
-        io_driver=ns.io_driver,
-        offset_sigma=ns.offset_sigma,
-        noise_sigma=ns.noise_sigma,
-        offset_hard=tuple(ns.offset_hard),
-        noise_hard=tuple(ns.noise_hard),
-        gain_separation_sigma=ns.gain_separation_sigma,
-        drspc_windows=w,
-        drspc_residual_limits=residual,
-        drspc_slope_limits=sl,
-        xray_target=ns.xray_target,
-        photon_energy=ns.photon_energy or K_ALPHA_KEV[ns.xray_target],
-        xray_bins=ns.xray_bins,
-        xray_origin_trains=ns.xray_origin_trains,
-        xray_origin_margin=ns.xray_origin_margin,
-        xray_deviation_sigma=ns.xray_deviation_sigma,
-        drscs_settings=_drscs_settings(ns.drscs),
-        drscs_memory=ns.drscs_memory,
-        control_domain=ns.control_domain,
-        bias_voltage=ns.bias_voltage,
-        memory_cells=ns.memory_cells,
-        acquisition_rate=ns.acquisition_rate,
-        gain_setting=ns.gain_setting,
-        gain_mode=ns.gain_mode,
-        integration_time=ns.integration_time,
-        run_order=ns.run_order,
+        **params,
         pdu_names=pdu_names,
-        dry_run=ns.dry_run,
-        verbose=ns.verbose,
-        quiet=ns.quiet,
         config_file=ns.config,
         **cfel,
     )

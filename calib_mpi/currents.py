@@ -203,29 +203,15 @@ def run_currents(cfg: Config, comm: MPI.Comm, driver: str, started: str, t0: flo
         record = {"currents": {currents[c]: infos[c]["record"] for c in sorted(infos)}}
         if cfg.dry_run or cfg.steps == ("preprocess",):
             if comm.rank == 0:
-                for c in sorted(infos):
-                    print(f"current {currents[c]} (rank group {c % n_groups}):")
-                    print(format_record(infos[c]["record"]))
-                    print(infos[c]["summary"])
+                _print_plans(infos, currents, n_groups)
             finish_record(cfg, comm, record)
             return {"record": {c: infos[c]["record"] for c in infos}}
         locks = take_locks(cfg, comm, todo, n_cells)
-        done, err = {}, None
         t1 = time.monotonic()
-        try:
-            for c in mine:
-                if group.rank == 0 and not cfg.quiet:
-                    log.warning("current %s: reading and processing", currents[c])
-                done[c] = process_current(group, cfg.for_current(c), plans[c], driver)
-        except CalibError as e:  # raised identically on the group's ranks
-            err = CalibError(f"current {currents[c]}: {e}")
-        agree(comm, err, name_rank=False)
+        done = _process_mine(comm, group, cfg, mine, plans, driver)
         t_gather = time.monotonic() - t1
         t1 = time.monotonic()
-        holders: dict = {}
-        for d in comm.allgather({(c, u): comm.rank for c in mine
-                                 for u in plans[c].units_of(group.rank)}):
-            holders.update(d)
+        holders = _holders(comm, group, mine, plans)
         results = {(c, u): r for c in mine for u, r in done[c].results.items()}
         merged, spans = _merge_units(comm, holders, results)
         t_merge = time.monotonic() - t1
@@ -239,26 +225,17 @@ def run_currents(cfg: Config, comm: MPI.Comm, driver: str, started: str, t0: flo
                 outputs.append(_write_module(comm, cfg, m, driver, n_cells, info, done,
                                              merged, started))
         t_join = time.monotonic() - t1
-        chosen: dict[int, np.ndarray] = {}
-        for u, r in merged.items():
-            cc = r["chosen_current"].ravel().astype(np.int64) + 1
-            chosen[u.module] = chosen.get(u.module, 0) + np.bincount(
-                cc, minlength=len(currents) + 1)
-        gathered = comm.gather((error_counts(merged), chosen), root=0)
+        gathered = comm.gather((error_counts(merged), _chosen_counts(merged, len(currents))),
+                               root=0)
         finish_record(cfg, comm, record)
     finally:
         if locks is not None:
             locks.release()
         group.Free()
-    timing = finish_timing(cfg, comm, t0, sum(d.bytes_read for d in done.values()), {
-        "seconds_preprocess": t_scan,
-        "seconds_gather_process": t_gather - sum(d.seconds_process for d in done.values()),
-        "seconds_finalize": sum(d.seconds_process for d in done.values()),
+    timing = _finish_timing(cfg, comm, t0, done, {
+        "seconds_preprocess": t_scan, "seconds_gather_process": t_gather,
         "seconds_merge": t_merge, "seconds_join": t_join,
-        "merge_ranks_per_asic": max(spans.values(), default=0),
-        "seconds_profile": {k: sum(d.profile.get(k, 0.0) for d in done.values())
-                            for k in {k for d in done.values() for k in d.profile}}},
-        tuple(sum(d.bytes_sent[i] for d in done.values()) for i in range(2)))
+        "merge_ranks_per_asic": max(spans.values(), default=0)})
     if comm.rank != 0:
         return {}
     lines = _report(cfg, todo, n_cells, info, gathered, spans, outputs, timing)
@@ -266,6 +243,62 @@ def run_currents(cfg: Config, comm: MPI.Comm, driver: str, started: str, t0: flo
         after_run(dataclasses.replace(cfg, plot=False), outputs)
     return {"report": lines, "outputs": outputs, "timing": timing, "elapsed":
             timing["seconds_total"]}
+
+
+def _print_plans(infos: dict, currents: tuple[str, ...], n_groups: int) -> None:
+    """Dry run: each current's preprocess record and plan (rank 0)."""
+    for c in sorted(infos):
+        print(f"current {currents[c]} (rank group {c % n_groups}):")
+        print(format_record(infos[c]["record"]))
+        print(infos[c]["summary"])
+
+
+def _process_mine(comm: MPI.Comm, group: MPI.Comm, cfg: Config, mine: list[int],
+                  plans: dict[int, Plan], driver: str) -> dict[int, Processed]:
+    """Collective on ``comm``: gather and process this rank group's currents; an error of
+    one group ends the job on every rank."""
+    done, err = {}, None
+    try:
+        for c in mine:
+            if group.rank == 0 and not cfg.quiet:
+                log.warning("current %s: reading and processing", cfg.currents[c])
+            done[c] = process_current(group, cfg.for_current(c), plans[c], driver)
+    except CalibError as e:  # raised identically on the group's ranks
+        err = CalibError(f"current {cfg.currents[c]}: {e}")
+    agree(comm, err, name_rank=False)
+    return done
+
+
+def _holders(comm: MPI.Comm, group: MPI.Comm, mine: list[int], plans: dict[int, Plan]
+             ) -> dict:
+    """Collective: the rank holding each (current, unit) result."""
+    holders: dict = {}
+    for d in comm.allgather({(c, u): comm.rank for c in mine
+                             for u in plans[c].units_of(group.rank)}):
+        holders.update(d)
+    return holders
+
+
+def _chosen_counts(merged: dict, n_currents: int) -> dict[int, np.ndarray]:
+    """Per module: pixel-cells whose merged value comes from each current (index 0: none)."""
+    chosen: dict[int, np.ndarray] = {}
+    for u, r in merged.items():
+        cc = r["chosen_current"].ravel().astype(np.int64) + 1
+        chosen[u.module] = chosen.get(u.module, 0) + np.bincount(cc, minlength=n_currents + 1)
+    return chosen
+
+
+def _finish_timing(cfg: Config, comm: MPI.Comm, t0: float, done: dict[int, Processed],
+                   seconds: dict) -> dict:
+    """Collective: :func:`calib_mpi.steps.finish_timing` with the currents' sums (the
+    processing's finalize taken out of the gather time)."""
+    finalize = sum(d.seconds_process for d in done.values())
+    seconds = {**seconds, "seconds_finalize": finalize,
+               "seconds_gather_process": seconds["seconds_gather_process"] - finalize,
+               "seconds_profile": {k: sum(d.profile.get(k, 0.0) for d in done.values())
+                                   for k in {k for d in done.values() for k in d.profile}}}
+    return finish_timing(cfg, comm, t0, sum(d.bytes_read for d in done.values()), seconds,
+                         tuple(sum(d.bytes_sent[i] for d in done.values()) for i in range(2)))
 
 
 def _current_info(plan: Plan, done: Processed, group_rank: int) -> dict | None:

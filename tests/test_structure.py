@@ -10,8 +10,8 @@ from pathlib import Path
 import calib_mpi
 
 ROOT = Path(calib_mpi.__file__).parent
-#: modules whose functions must fit on a screen (the job's driver and its shared steps)
-SHORT = ("pipeline.py", "steps.py", "gather.py")
+#: the pipeline, gather and config layers: their functions must fit on a screen
+SHORT = ("pipeline.py", "steps.py", "currents.py", "gather.py", "config.py", "options.py")
 MAX_LINES = 80
 
 
