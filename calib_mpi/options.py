@@ -246,8 +246,9 @@ CONDITIONS = OptionGroup(
     Option(("--integration_time", "--integration-time"), type=int,
            help="integration time (FPGA clock units; AGIPD default 12)"),
     Option(("--run_order", "--run-order"), choices=("check", "trust"), default="check",
-           help="dark: check the gain order of the runs (from gain modes or digital levels) "
-                "and put them right, or trust the order given"),
+           help="check the order of the runs and put them right, or trust the order "
+                "given: dark runs by gain (gain modes or digital levels), XFEL drspc/drscs "
+                "runs by the pixel group each injects (from their data)"),
     Option(("--pdu_names", "--pdu-names"), nargs="+",
            help="physical detector unit (CalCat PDU) of each module for the export: names in "
                 "the order of modules, or module:name pairs"),

@@ -1,7 +1,8 @@
 """Before the plan: the job's operating conditions and, for darks, the gain order of the runs.
 
 :func:`prepare_runs` (collective) reads the conditions of every run (:mod:`calib_mpi.conditions`)
-on rank 0 and, for a dark job with ``run_order = check``, finds the gain stage of each run:
+on rank 0 and, for a dark job with ``run_order = check``, finds the gain stage of each run
+(drspc and drscs runs: the pixel group each injects, :mod:`calib_mpi.scanorder`):
 
 - fixed gain (gain mode 1/2/3 in every run): the run's gain mode says high, medium, low; the
   three runs must be one of each;
@@ -31,6 +32,7 @@ from .config import Config
 from .errors import CalibError, DataError
 from .preprocess import list_files
 from .readers.xfel import module_files, read_slab, scan_file
+from .scanorder import N_GROUPS, scan_order
 
 log = logging.getLogger("calib_mpi")
 
@@ -181,6 +183,10 @@ def _prepare(cfg: Config) -> Config:
             log.warning("dark runs given as %s are in gain order %s (from their %s): "
                         "processing them as high, medium, low = %s", list(cfg.runs),
                         list(runs), how, list(runs))
+            cond["runs_given"] = list(cfg.runs)
+    elif cfg.measurement in N_GROUPS:
+        runs = scan_order(cfg)
+        if runs != tuple(cfg.runs):
             cond["runs_given"] = list(cfg.runs)
     cond["gain_modes"] = [modes.get(r) for r in runs]
     missing = C.missing_required(cond)
