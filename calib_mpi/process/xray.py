@@ -218,7 +218,7 @@ class XrayAccumulator:
         window_sigmas: float = 2.5,
         n_iter: int = 10,
         min_peak_counts: float = 30.0,
-        peak_n_sigma: float = 5.0,
+        peak_n_sigma: float = 3.5,
         deviation_n_sigma: float | None = 5.0,
         method: str = "auto",
     ) -> None:
