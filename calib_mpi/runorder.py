@@ -23,7 +23,6 @@ import itertools
 import logging
 from pathlib import Path
 
-import h5py
 import numpy as np
 from mpi4py import MPI
 
@@ -31,7 +30,7 @@ from . import conditions as C
 from .config import Config
 from .errors import CalibError, DataError
 from .preprocess import list_files
-from .readers.xfel import module_files, read_slab, scan_file
+from .readers.xfel import module_files, read_train
 from .scanorder import N_GROUPS, scan_order
 
 log = logging.getLogger("calib_mpi")
@@ -99,17 +98,9 @@ def _digital_medians(cfg: Config, run: int) -> np.ndarray | None:
     if found is None:
         return None
     path, module = found
-    info = scan_file(path, _source(cfg, module), run, module, cfg.interleaved)
-    if not len(info.first):
-        return None
-    start = int(info.first[0])
-    stop = start + min(int(info.count[0]), SAMPLE_FRAMES)
-    n = stop - start
-    buf = np.empty((n, 2, 512, 128), np.uint16)
-    pair = np.empty_like(buf) if cfg.interleaved else None
-    with h5py.File(path, "r") as f:
-        frames, _, _, _ = read_slab(f, info, start, stop, buf, pair, info.train_ids, 352)
-    if not len(frames):
+    frames = read_train(path, _source(cfg, module), run, module, cfg.interleaved, 0,
+                        SAMPLE_FRAMES)
+    if frames is None:
         return None
     return np.median(frames[:, 1].reshape(len(frames), -1), axis=0)
 

@@ -17,13 +17,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 from .config import Config
 from .errors import DataError
-from .geometry import XFEL_FRAME, asic_blocks, chip_coordinates
-from .readers.xfel import module_files, read_slab, scan_file
+from .geometry import XFEL_FRAME, asic_blocks
+from .readers.xfel import module_files, read_train
 
 log = logging.getLogger("calib_mpi")
 
@@ -36,32 +35,25 @@ SAMPLE_FRAMES = 32
 
 
 def pixel_groups(measurement: str, module: int) -> np.ndarray:
-    """(512, 128) group of each pixel of an XFEL module frame: chip row mod 8 (drspc) or chip
-    column mod 4 (drscs)."""
+    """(512, 128) group of each pixel of an XFEL module frame, by the recipe's own injection
+    masks: chip row mod 8 (drspc) or chip column mod 4 (drscs)."""
+    if measurement == "drspc":
+        from .recipes.drspc import injection_masks
+    else:  # imported on use: scipy (drscs processing) is not loaded for other jobs
+        from .recipes.drscs import injection_masks
     out = np.empty(XFEL_FRAME, np.int64)
-    for blk in asic_blocks(XFEL_FRAME, module):
-        rho, kappa = chip_coordinates(XFEL_FRAME, module, blk)
-        out[blk.rows, blk.cols] = (rho % 8) if measurement == "drspc" else (kappa % 4)
+    for b, blk in enumerate(asic_blocks(XFEL_FRAME, module)):
+        out[blk.rows, blk.cols] = injection_masks(module, b).argmax(axis=0)
     return out
 
 
-def _train_mean(cfg: Config, path: Path, module: int, run: int, last: bool
+def _train_mean(cfg: Config, path: Path, module: int, run: int, index: int
                 ) -> np.ndarray | None:
-    """Mean analog and digital value (2, 512, 128) of the first (last) train of a file."""
+    """Mean analog and digital value (2, 512, 128) of train ``index`` of a file (0 first,
+    -1 last), over up to :data:`SAMPLE_FRAMES` frames."""
     source = cfg.source_pattern.format(detector=cfg.detector, module=module)
-    info = scan_file(path, source, run, module, cfg.interleaved)
-    if not len(info.first):
-        return None
-    i = len(info.first) - 1 if last else 0
-    start = int(info.first[i])
-    stop = start + min(int(info.count[i]), SAMPLE_FRAMES)
-    if stop <= start:
-        return None
-    buf = np.empty((stop - start, 2) + XFEL_FRAME, np.uint16)
-    pair = np.empty_like(buf) if cfg.interleaved else None
-    with h5py.File(path, "r") as f:
-        frames, _, _, _ = read_slab(f, info, start, stop, buf, pair, info.train_ids, 352)
-    return frames.mean(axis=0, dtype=np.float64) if len(frames) else None
+    frames = read_train(path, source, run, module, cfg.interleaved, index, SAMPLE_FRAMES)
+    return None if frames is None else frames.mean(axis=0, dtype=np.float64)
 
 
 def group_change(cfg: Config, run: int) -> np.ndarray | None:
@@ -72,8 +64,8 @@ def group_change(cfg: Config, run: int) -> np.ndarray | None:
         files = module_files(run_dir, cfg.file_pattern, run, m) if run_dir.is_dir() else []
         if not files:
             continue
-        first = _train_mean(cfg, files[0], m, run, last=False)
-        end = _train_mean(cfg, files[-1], m, run, last=True)
+        first = _train_mean(cfg, files[0], m, run, 0)
+        end = _train_mean(cfg, files[-1], m, run, -1)
         if first is None or end is None:
             return None
         change = np.abs(end - first).sum(axis=0)

@@ -82,6 +82,13 @@ BELOW_NOISE_SIGMAS = 4.0
 
 def _as_frames(analog: np.ndarray, cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Check shapes; return analog as ``(frame, 4096)`` and cells as int64 ``(frame,)``."""
+    analog, cells = _checked(analog, cells)
+    return analog.reshape(analog.shape[0], N_PIXELS), cells
+
+
+def _checked(analog: np.ndarray, cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Check shapes and types; analog ``(frame, 64, 64)`` as given (no copy of a strided
+    view), cells as int64 ``(frame,)``."""
     analog = np.asarray(analog)
     cells = np.asarray(cells)
     if analog.ndim != 3 or analog.shape[1:] != (64, 64):
@@ -92,7 +99,7 @@ def _as_frames(analog: np.ndarray, cells: np.ndarray) -> tuple[np.ndarray, np.nd
         raise TypeError(f"analog must be uint16 or int16, got {analog.dtype}")
     if not np.issubdtype(cells.dtype, np.integer):
         raise TypeError(f"cells must be integers, got {cells.dtype}")
-    return analog.reshape(analog.shape[0], N_PIXELS), cells.astype(np.int64)
+    return analog, cells.astype(np.int64)
 
 
 def estimate_origin(
@@ -261,13 +268,14 @@ class XrayAccumulator:
         analog : (frame, 64, 64) uint16 or int16, ADU.
         cells : (frame,) int memory cell; -1 = invalid frame, ignored.
         """
-        a, c = _as_frames(analog, cells)
+        analog, c = _checked(analog, cells)
         if np.any(c >= self.n_cells):
             raise ValueError(f"memory cell >= n_cells ({self.n_cells})")
         fast = self._compiled(analog)
         if fast is not None:
-            self._update_compiled(fast, np.asarray(analog), c)
+            self._update_compiled(fast, analog, c)
             return
+        a = analog.reshape(analog.shape[0], N_PIXELS)  # a copy for a strided block
         keep = c >= 0
         if not keep.any():
             return
@@ -308,7 +316,7 @@ class XrayAccumulator:
     def _compiled(self, analog: np.ndarray):
         """The compiled histogram kernel for ``analog``, or None (numpy paths): used with
         ``method = "auto"`` for uint16 frames."""
-        if self.method != "auto" or np.asarray(analog).dtype != np.uint16:
+        if self.method != "auto" or analog.dtype != np.uint16:
             return None
         name = "xray_hist" if self.counts.dtype == np.uint32 else "xray_hist_u16"
         return _jit.kernel(name)

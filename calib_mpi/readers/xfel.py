@@ -484,6 +484,25 @@ def read_slab(f: h5py.File, info: FileIndex, start: int, stop: int, buf: np.ndar
     return buf[idx], cell_ids[idx], trains[idx], int(beyond.sum())
 
 
+def read_train(path: Path, source: str, run: int, module: int, interleaved: bool, index: int,
+               max_frames: int) -> np.ndarray | None:
+    """Up to ``max_frames`` usable frames (n, 2, 512, 128) uint16 of train ``index`` (an
+    index into the file's trains, negative from the end) of one raw file; None when the file
+    has no trains or that train no usable frames. A small sample for checks before the plan."""
+    info = scan_file(path, source, run, module, interleaved)
+    if not len(info.first):
+        return None
+    start = int(info.first[index])
+    stop = start + min(int(info.count[index]), max_frames)
+    if stop <= start:
+        return None
+    buf = np.empty((stop - start, 2, 512, 128), np.uint16)
+    pair = np.empty_like(buf) if interleaved else None
+    with h5py.File(path, "r") as f:
+        frames, _, _, _ = read_slab(f, info, start, stop, buf, pair, info.train_ids, MAX_CELLS)
+    return frames if len(frames) else None
+
+
 def _pair_frames(buf, ok, cell_ids, tix, trains, pair_buf, n_cells):
     """Interleaved mode: combine analog (even cellId) and digital (odd) frames of one cell."""
     key = tix * 2 * MAX_CELLS + cell_ids
