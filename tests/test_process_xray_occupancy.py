@@ -9,22 +9,25 @@ entries (``OCCUPANCY_TRAINS``).
 Assertions and tolerances:
 
 - **share with a result** >= 99.9 % of the eligible pixel-cells: >= 100 true entries in each
-  of the 0- and 1-photon peaks and a separation of at least ``MIN_SEPARATION`` 1-photon widths:
-  4 from a mean photon number of 0.5, 5 at 0.1 (there the 1-photon peak, 4-5 widths from a
-  ~10 times larger noise peak, is a shoulder that a few hundred entries often do not make
-  significant at 3.5 Poisson sigmas of the 11-bin box sums: measured 90.0 % at 4-5 widths;
-  99.93 % at 0.5, 100 % at 1, 1.5 and 2; 5 Poisson sigmas gave 60 / 96.5 / 100 / 97.6 /
-  98.6 %); where an unresolved noise peak lies below the one found, ``Status.ENTRIES_BELOW``
-  refuses instead of giving a wrong result; on pure noise (mean photon number 0 and 0.002,
-  8192 pixel-cells each) no pixel-cell gets a result at 3 to 5 sigmas;
+  of the 0- and 1-photon peaks and a separation of at least 4 1-photon widths, at every
+  occupancy (measured 100 %). At 0.1 the 1-photon peak, 4-5 widths from a ~10 times larger
+  noise peak, is often only a shoulder that the box-sum maxima do not make significant (90.0 %
+  then); ``find_shoulder`` finds it on the residual after the noise Gaussian is taken away.
+  Where an unresolved noise peak lies below the one found, ``Status.ENTRIES_BELOW`` refuses
+  instead of giving a wrong result; on pure noise (mean photon number 0 and 0.002, 8192
+  pixel-cells each) no pixel-cell gets a result;
 - **no wrong peak**: every result's noise and 1-photon peak positions within 15 ADU of the
   truth (a 1-photon peak taken for the noise peak, or a 2-photon peak for the 1-photon peak,
   would be 60-75 ADU off), and from a separation of 5 widths within 5.5 standard errors (+0.25
   bias); below that the positions, not the spacing, scatter more at a mean of 2 (measured:
   one of 8192 at 7 standard errors, 4.1 widths, the 2-photon peak twice the 1-photon one);
-- **spacing z-scores** against the truth (standard error from the true entries, as in
-  ``test_process_xray``) and against the reported error: mean within 0.05 (4.5 standard errors
-  of the mean over ~8000 pixel-cells), spread 0.9..1.1;
+- **spacing z-scores** against the reported ``spacing_error`` for every result, and against
+  the truth's standard error (from the true entries, as in ``test_process_xray``, the bound
+  for separate peaks) from a separation of 5 widths: mean within 0.05 (4.5 standard errors of
+  the mean over ~8000 pixel-cells), spread 0.9..1.1. Below 5 widths the peaks overlap and
+  measure less well than that bound (at 0.1, 4-4.5 widths: spread 1.5 against it); the
+  reported error includes the uncertainty of the neighbouring peak's subtracted tail
+  (measured spread against it there 1.24, 1.04 over all results at 0.1);
 - **2-photon check**: ``two_photon_spacing`` z-scores against the true spacing with the reported
   ``two_photon_error``: mean within 0.1, spread 0.9..1.15 (measured 1.04-1.07: the 2-photon
   window is the widest and overlaps the 1- and 3-photon tails most), found in >= 90 % of the
@@ -43,7 +46,7 @@ from calib_mpi.synthetic.xray import OCCUPANCIES, make_xray_run, occupancy_run
 from .test_process_xray import WINDOW, accumulate, check_pulls, spacing_se, truncated_m2
 
 #: least peak separation (1-photon widths) for which >= 99.9 % must get a result
-MIN_SEPARATION = {0.1: 5.0, 0.5: 4.0, 1.0: 4.0, 1.5: 4.0, 2.0: 4.0}
+MIN_SEPARATION = 4.0
 
 
 @pytest.fixture(scope="module", params=OCCUPANCIES, ids=lambda o: f"occ{o}")
@@ -58,7 +61,7 @@ def test_share_with_result(occ):
     ok = res["eval_status"][0] == Status.OK
     assert np.array_equal(ok, np.isfinite(res["photon_spacing"][0]))
     n0, n1 = run.n_photons[0], run.n_photons[1]
-    eligible = (run.separation >= MIN_SEPARATION[o]) & (n0 >= 100) & (n1 >= 100)
+    eligible = (run.separation >= MIN_SEPARATION) & (n0 >= 100) & (n1 >= 100)
     assert eligible.sum() > 4000
     share = ok[eligible].mean()
     assert share >= 0.999, f"occupancy {o}: {100 * share:.3f} % of eligible pixel-cells"
@@ -89,7 +92,8 @@ def test_spacing_z_scores(occ):
     o, run, res = occ
     ok = res["eval_status"][0] == Status.OK
     err = res["photon_spacing"][0].astype(np.float64) - run.spacing
-    check_pulls(err[ok], spacing_se(run)[ok], mean_tol=0.05, std_range=(0.9, 1.1))
+    apart = ok & (run.separation >= 5.0)
+    check_pulls(err[apart], spacing_se(run)[apart], mean_tol=0.05, std_range=(0.9, 1.1))
     check_pulls(err[ok], res["spacing_error"][0][ok].astype(np.float64), mean_tol=0.05,
                 std_range=(0.9, 1.1))
 
