@@ -170,29 +170,29 @@ def test_xray_peak_and_refine_kernels_equal_numpy(built):
     the numpy path's peak bins exactly (3 significance levels); ``xray_refine`` its results to
     1e-9 (relative; erfc against scipy's ndtr), with NaN in the same places, also on rows
     that make no sense (empty, zero spacing, at the histogram's end)."""
-    from calib_mpi.process import xray
+    from calib_mpi.process import xray_peaks, xray_refine
 
     counts, hs = _xray_histograms()
     fns = {"peaks": [_jit.kernel("xray_peaks", [built]), _jit._jit_module().xray_peaks],
            "refine": [_jit.kernel("xray_refine", [built]), _jit._jit_module().xray_refine]}
     for n_sigma in (0.0, 3.5, 5.0):
-        ref = xray._find_peaks_numpy(hs, 5, 10.0, n_sigma, 30.0)
+        ref = xray_peaks._find_peaks_numpy(hs, 5, 10.0, n_sigma, 30.0)
         assert (ref[:, 1] >= 0).sum() > 8000
         for fn in fns["peaks"]:
             out = np.empty_like(ref)
             fn(hs, 5, 10.0, n_sigma, 30.0, out)
             assert np.array_equal(out, ref), n_sigma
-    peaks = xray._find_peaks_numpy(hs, 5, 10.0, 3.5, 30.0)
+    peaks = xray_peaks._find_peaks_numpy(hs, 5, 10.0, 3.5, 30.0)
     sel = np.flatnonzero(peaks[:, 1] >= 0)
     h = np.concatenate([counts[sel], np.zeros((1, 512)), counts[:3]]).astype(np.float64)
     p = np.concatenate([peaks[sel], [[10, 50, -1], [100, 100, -1], [200, 505, -1],
                                      [500, 511, -1]]]).astype(np.float64)
-    ref = xray._refine_numpy(h, p[:, 0], p[:, 1], 2.5, 10, p[:, 2])
+    ref = xray_refine._refine_numpy(h, p[:, 0], p[:, 1], 2.5, 10, p[:, 2])
     assert np.isfinite(ref["mu2"]).sum() > 1000 and not ref["ok"][-4:].any()
     for fn in fns["refine"]:
-        out = np.empty((len(h), len(xray._REFINE_COLUMNS)))
+        out = np.empty((len(h), len(xray_refine.REFINE_COLUMNS)))
         fn(h, p[:, 0].copy(), p[:, 1].copy(), p[:, 2].copy(), 2.5, 10, out)
-        for c, name in enumerate(xray._REFINE_COLUMNS):
+        for c, name in enumerate(xray_refine.REFINE_COLUMNS):
             want = np.asarray(ref[name], np.float64)
             got = out[:, c]
             assert np.array_equal(np.isnan(got), np.isnan(want)), name

@@ -26,11 +26,11 @@ from calib_mpi.badpixels import BadPixels
 from calib_mpi.process.xray import (
     Status,
     XrayAccumulator,
-    _refine,
     estimate_origin,
     find_peaks,
     flag_deviation,
 )
+from calib_mpi.process.xray_refine import refine
 from calib_mpi.synthetic.xray import XrayRun, make_xray_run
 
 WINDOW = 2.5  # XrayAccumulator default window_sigmas
@@ -390,7 +390,7 @@ def test_nan_positions_never_index_the_histogram():
     rows = np.stack([_gauss(512, [(400, 100, 6), (40, 170, 7), (3, 240, 8)])] * 3)
     p0 = np.array([100.0, np.nan, 100.0])
     p1 = np.array([170.0, 170.0, np.nan])
-    fit = _refine(rows, p0, p1, WINDOW, 10, p2=np.array([240.0, np.nan, 240.0]))
+    fit = refine(rows, p0, p1, WINDOW, 10, p2=np.array([240.0, np.nan, 240.0]))
     assert fit["ok"].tolist() == [True, False, False]
     assert abs(fit["mu0"][0] - 100) < 0.1 and abs(fit["mu1"][0] - 170) < 0.1
     assert np.all(np.isnan(fit["mu1"][1:])) and np.all(np.isnan(fit["mu2"][1:]))

@@ -198,7 +198,7 @@ def xray_peaks(hs, half, min_spacing, n_sigma, min_counts, out):
                     break
 
 
-# ---- xray refinement (``process.xray._refine`` and ``_add_neighbour_errors``, per row) -----
+# ---- xray refinement (``process.xray_refine.refine``, per row) -----
 # NaN propagates as in numpy's element-wise functions: ``_nmax``/``_nmin`` (np.maximum /
 # np.minimum), ``_div`` (float division by zero gives inf or NaN, never an exception),
 # ``_nn`` (np.nan_to_num).
@@ -337,7 +337,7 @@ def _two_photon(h, c0, c1, c2, mu2, mu, s, n_peak, k, n_iter, others):
 
 
 def xray_refine(counts, p0, p1, p2, k, n_iter, out):
-    """``process.xray._refine`` (with ``_add_neighbour_errors``) one row at a time: counts
+    """``process.xray_refine.refine`` (with its neighbour-tail errors) one row at a time: counts
     (rows, n_bins) float64; p0, p1, p2 (rows,) start bins (p2 < 0: no 2-photon peak); out
     (rows, 13) float64 columns mu0, mu1, s0, s1, emu0, emu1, es0, es1, espacing, mu2, emu2,
     ok, inside (the last two 1.0 / 0.0). Equal to the numpy version to rounding (its ndtr is
