@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from mpi4py import MPI
 
+from . import faults
 from .errors import CalibError
 from .facilities import facility
 from .geometry import AsicBlock
@@ -39,25 +40,6 @@ log = logging.getLogger(__name__)
 
 #: consume(unit, run_index, frames, r0, c0, cells, trains, group); see :func:`gather_run`
 Consumer = Callable[..., None]
-
-
-def _injected_fault(rank: int, round_index: int) -> None:
-    """Testing aid: ``CALIB_MPI_TEST_FAIL_READ="rank=R,round=K[,mode=raise|exit|stall]"``
-    makes rank R fail its read in round K, raising an error (``raise``), dying at once
-    (``exit``) or, with ``stall,file=PATH``, creating PATH and waiting (up to 10 min) for
-    the test to break the job in the middle of the gather."""
-    spec = os.environ.get("CALIB_MPI_TEST_FAIL_READ")
-    if not spec:
-        return
-    opts = dict(kv.split("=", 1) for kv in spec.split(","))
-    if int(opts.get("rank", -1)) == rank and int(opts.get("round", -1)) == round_index:
-        mode = opts.get("mode", "raise")
-        if mode == "exit":
-            os._exit(3)
-        if mode == "stall":
-            open(opts["file"], "w").close()
-            time.sleep(600)
-        raise CalibError(f"injected read failure (CALIB_MPI_TEST_FAIL_READ={spec})")
 
 
 class _Files:
@@ -210,7 +192,7 @@ class _Reader:
         if slab is None:
             return None
         try:
-            _injected_fault(self.rank, k)
+            faults.read_fault(self.rank, k)
             info = self.plan.files[(self.ri, slab.module)][slab.file_index]
             f = self.files.get(slab.module, slab.file_index, info)
             buf, pair_buf = self.bufs[k % len(self.bufs)]
@@ -317,10 +299,11 @@ _NO_ROOM: set[int] = set()
 
 
 def shared_memory_room(directory: str) -> int | None:
-    """Bytes free for shared memory in ``directory`` (None: unknown). Testing aid:
-    ``CALIB_MPI_TEST_SHM_FREE=<bytes>`` pretends that much is free."""
-    if "CALIB_MPI_TEST_SHM_FREE" in os.environ:
-        return int(os.environ["CALIB_MPI_TEST_SHM_FREE"])
+    """Bytes free for shared memory in ``directory`` (None: unknown; the test suite can
+    pretend, ``faults.shm_free_override``)."""
+    pretend = faults.shm_free_override()
+    if pretend is not None:
+        return pretend
     try:
         st = os.statvfs(directory)
     except OSError:

@@ -37,6 +37,7 @@ from pathlib import Path
 
 from mpi4py import MPI
 
+from . import faults
 from .errors import ConfigError, OutputError
 
 log = logging.getLogger("calib_mpi")
@@ -290,7 +291,7 @@ def _mb(n: float) -> str:
 def check_free(directory: Path, nbytes: int, n_files: int) -> None:
     """Before reading: raise :class:`OutputError` when the file system of ``directory`` has
     less than ``nbytes`` free for the job's ``n_files`` results (says how much is missing)."""
-    if os.environ.get("CALIB_MPI_TEST_NO_ROOM_CHECK"):
+    if faults.room_check_disabled():
         return
     st = os.statvfs(_nearest_existing(directory))
     free = st.f_bavail * st.f_frsize
@@ -320,7 +321,7 @@ def check_room(path: Path, nbytes: int) -> None:
     missing. The reservation is given back when the file is opened for writing."""
     st = os.statvfs(path.parent)
     free = st.f_bavail * st.f_frsize
-    if os.environ.get("CALIB_MPI_TEST_NO_ROOM_CHECK"):
+    if faults.room_check_disabled():
         return
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     add_cleanup(path)
@@ -352,18 +353,6 @@ def abort_write(comm: MPI.Comm, tmp: Path, final: Path, exc: BaseException) -> N
                      f"{cause}{kept}; job aborted\n")
     sys.stderr.flush()
     MPI.COMM_WORLD.Abort(2)
-
-
-def injected_write_error(rank: int) -> None:
-    """Testing aid: ``CALIB_MPI_TEST_FAIL_WRITE="rank=R[,errno=NAME]"`` makes rank R's first
-    dataset write of a result fail with that error (default ENOSPC)."""
-    spec = os.environ.get("CALIB_MPI_TEST_FAIL_WRITE")
-    if not spec:
-        return
-    opts = dict(kv.split("=", 1) for kv in spec.split(","))
-    if int(opts.get("rank", 0)) == rank:
-        code = getattr(errno, opts.get("errno", "ENOSPC"))
-        raise OSError(code, f"{os.strerror(code)} (injected, CALIB_MPI_TEST_FAIL_WRITE)")
 
 
 # ---------------------------------------------------------------- signals

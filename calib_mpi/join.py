@@ -13,7 +13,6 @@ waiting in a collective HDF5 call.
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import h5py
 import numpy as np
 from mpi4py import MPI
 
+from . import faults
 from .errors import CalibError
 from .geometry import AsicBlock
 from .guard import (
@@ -28,7 +28,6 @@ from .guard import (
     add_cleanup,
     check_room,
     drop_cleanup,
-    injected_write_error,
     tmp_name,
 )
 from .parallel import agree, open_h5
@@ -158,8 +157,8 @@ def _fill(comm: MPI.Comm, f: h5py.File, driver: str, collective: bool, n_cells: 
         d = f.create_dataset(name, shape=arr.shape, dtype=arr.dtype)
         if comm.rank == 0 or driver != "mpio":
             d[...] = arr
-    injected_write_error(comm.rank)
-    time.sleep(float(os.environ.get("CALIB_MPI_TEST_PAUSE_WRITE", 0)))  # testing aid: signals
+    faults.write_fault(comm.rank)
+    faults.write_pause()
     for part, units, n in zip(parts, mine, n_calls, strict=True):
         for spec in part.specs:
             shape = spec.lead + (n_cells,) + tuple(frame_shape)
