@@ -261,6 +261,172 @@ def _stage_medians(digital: np.ndarray, stage_of: np.ndarray) -> np.ndarray:
     return out
 
 
+@dataclass
+class _Scan:
+    """One block of series (step, P) and the validity bookkeeping every step of
+    :func:`process_scan` uses."""
+
+    a: np.ndarray  #: analog, float64
+    d: np.ndarray  #: digital, float64
+    v: np.ndarray  #: valid samples, bool
+    cum: np.ndarray  #: valid samples in [0, t], int32
+    prev: np.ndarray  #: last valid step before t, -1: none
+    fill_idx: np.ndarray  #: step whose value stands for t (lost samples: the previous valid)
+    code: np.ndarray  #: (P,) int16 error code, -1 until a step fails
+
+    @property
+    def n_steps(self) -> int:
+        return self.a.shape[0]
+
+    @property
+    def tc(self) -> np.ndarray:
+        return np.arange(self.n_steps)[:, None]
+
+    @property
+    def has_delta(self) -> np.ndarray:
+        return self.v & (self.prev >= 0)
+
+    def fail(self, where: np.ndarray, value: int) -> None:
+        """Set error ``value`` where no earlier step has failed."""
+        self.code[where & (self.code == -1)] = value
+
+
+def _scan(analog: np.ndarray, digital: np.ndarray, valid: np.ndarray) -> _Scan:
+    a = np.asarray(analog)
+    d = np.asarray(digital)
+    v = np.asarray(valid, dtype=bool)
+    if a.ndim != 2 or a.shape != d.shape or a.shape != v.shape:
+        raise ValueError(
+            f"analog, digital, valid must be equal (step, P): {a.shape}, {d.shape}, {v.shape}"
+        )
+    tc = np.arange(a.shape[0])[:, None]
+    last_valid = np.maximum.accumulate(np.where(v, tc, -1), axis=0)
+    prev = np.empty_like(last_valid)
+    prev[0] = -1
+    prev[1:] = last_valid[:-1]
+    first_valid = np.argmax(v, axis=0)
+    fill_idx = np.where(last_valid >= 0, last_valid, first_valid[None, :])
+    return _Scan(a.astype(np.float64), d.astype(np.float64), v,
+                 np.cumsum(v, axis=0, dtype=np.int32), prev, fill_idx,
+                 np.full(a.shape[1], -1, dtype=np.int16))
+
+
+def _fluctuations(sc: _Scan, p: DrscsParams) -> np.ndarray:
+    """Step 1: analog jump candidates between consecutive valid samples, per series (P,)."""
+    has_delta = sc.has_delta
+    before = np.take_along_axis(sc.a, np.maximum(sc.prev, 0), axis=0)
+    delta = np.where(has_delta, sc.a - before, 0.0)
+    jump = has_delta & ((delta < p.diff_threshold) | (delta > p.safety_factor))
+    return jump.sum(axis=0).astype(np.int32)
+
+
+def _switches(sc: _Scan, any_valid: np.ndarray, p: DrscsParams) -> np.ndarray:
+    """Steps 2-3: the cleaned digital's switches ``(3, P)`` (-1: not found)."""
+    d_fill = np.take_along_axis(sc.d, sc.fill_idx, axis=0)
+    med = running_median(d_fill, p.spike_window)
+    d_clean = np.where(np.abs(d_fill - med) >= p.spike_threshold, med, d_fill)
+    n_series = sc.a.shape[1]
+    window = np.arange(p.level_window)[:, None]
+    start = np.full(n_series, p.skip_first, dtype=np.int64)
+    active = any_valid.copy()
+    switch = np.full((N_GAINS, n_series), -1, dtype=np.int64)
+    for k in range(N_GAINS):
+        idx = np.minimum(start[None, :] + window, sc.n_steps - 1)
+        level = np.median(np.take_along_axis(d_clean, idx, axis=0), axis=0)
+        cand = sc.v & (sc.tc >= start) & (d_clean > level + p.digital_switch_threshold)
+        found = active & cand.any(axis=0)
+        pos = np.argmax(cand, axis=0)
+        switch[k] = np.where(found, pos, -1)
+        active = found
+        start = pos + 1
+    return switch
+
+
+def _saturation(sc: _Scan, low_start: np.ndarray, b2: np.ndarray, p: DrscsParams) -> np.ndarray:
+    """Step 5: first saturated step inside the low stage ``[low_start, T)`` per series (T:
+    none), at most ``b2`` (a third switch)."""
+    n_steps, tc, v = sc.n_steps, sc.tc, sc.v
+    a_med = np.take_along_axis(sc.a, sc.fill_idx, axis=0)
+    if p.flat_filter_window > 1:
+        a_med = running_median(a_med, p.flat_filter_window)
+    a_step = a_med - np.take_along_axis(a_med, np.maximum(sc.prev, 0), axis=0)
+    flat = sc.has_delta & (np.abs(a_step) < p.saturation_threshold_diff)
+    brk = (v & ~flat) | (tc < low_start)
+    last_break = np.where(brk.any(axis=0), n_steps - 1 - np.argmax(brk[::-1], axis=0), -1)
+    run = sc.cum[-1] - _count_before(sc.cum, last_break + 1)
+    sat_flat = np.where(run >= p.min_flat, np.maximum(last_break, low_start), n_steps)
+    over = v & (tc >= low_start) & (sc.a >= p.saturation_threshold)
+    sat_thr = np.where(over.any(axis=0), np.argmax(over, axis=0), n_steps)
+    return np.minimum(np.minimum(sat_flat, sat_thr), b2)
+
+
+def _stage_fits(
+    sc: _Scan, fit_lo: np.ndarray, fit_hi: np.ndarray, has: np.ndarray, p: DrscsParams
+) -> tuple[dict[str, np.ndarray], np.ndarray, list[tuple[np.ndarray, int]]]:
+    """Step 7: sub-interval line fits of each stage's fit range ``[fit_lo, fit_hi)`` (3, P).
+
+    Returns the per-stage ``slope``, ``offset``, ``residual``, ``n_points`` (3, P), the stage of
+    every sample (step, P) (-1: none) and the failures found, (where, code) in step order.
+    """
+    n_steps, n_series = sc.a.shape
+    tc, v, cum = sc.tc, sc.v, sc.cum
+    x = scaled_x(np.arange(n_steps), p.scaling_point, p.scaling_factor)
+    design = np.stack([np.ones(n_steps), x, x * x])
+    out = {k: np.full((N_GAINS, n_series), np.nan) for k in ("slope", "offset", "residual")}
+    out["n_points"] = np.zeros((N_GAINS, n_series), dtype=np.int32)
+    stage_of = np.full((n_steps, n_series), -1, dtype=np.int8)
+    fit_fail: list[tuple[np.ndarray, int]] = []
+    for g in range(N_GAINS):
+        lo, hi, n_int = fit_lo[g], fit_hi[g], p.n_intervals[g]
+        stage_of[v & (tc >= lo) & (tc < hi)] = g
+        out["n_points"][g] = _count_before(cum, hi) - _count_before(cum, lo)
+        step = (hi - lo) // n_int
+        usable = has[g] & (step > 0)
+        fit_fail += [(has[g] & (step <= 0), 7),
+                     (usable & (out["n_points"][g] < p.min_points[g]), 6)]
+        keep = range(n_int)
+        if n_int >= 3:
+            keep = range(p.fit_cutoff_left, n_int - p.fit_cutoff_right)
+        sums = np.zeros((3, n_series))
+        too_few = np.zeros(n_series, dtype=bool)
+        singular = np.zeros(n_series, dtype=bool)
+        for i in range(n_int):
+            s = lo + i * step
+            stop = hi if i == n_int - 1 else s + step
+            mask = v & (tc >= s) & (tc < stop) & usable
+            fs, fo, fr, fn, fdet = _line_fit(mask, sc.a, design)
+            too_few |= usable & (fn < 2)
+            singular |= usable & (fn >= 2) & ~(fdet > 0)
+            if i in keep:
+                sums += np.stack([fs, fo, fr])
+        fit_fail.append((too_few, 6))
+        stage = np.where(usable, sums / len(keep), np.nan)
+        out["slope"][g], out["offset"][g], out["residual"][g] = stage
+        finite = np.isfinite(out["slope"][g] + out["offset"][g])
+        fit_fail.append((usable & ~too_few & (singular | ~finite), 5))
+    return out, stage_of, fit_fail
+
+
+def _confirm_drops(
+    sc: _Scan, fits: dict[str, np.ndarray], switch: np.ndarray, first: np.ndarray,
+    fit_lo: np.ndarray, cut: list[tuple[np.ndarray, np.ndarray]], p: DrscsParams,
+) -> None:
+    """Step 4: the analog must drop by ``safety_factor`` at both switches, between the fitted
+    lines of the stages (mean of ``drop_window`` valid samples next to the excluded ones where
+    a fit is missing); error 9 where it does not."""
+    n_steps = sc.n_steps
+    x = scaled_x(np.arange(n_steps), p.scaling_point, p.scaling_factor)
+    slope, offset = fits["slope"], fits["offset"]
+    for k in range(2):
+        x_b = x[np.minimum(first[k + 1], n_steps - 1)]
+        drop = (offset[k] + slope[k] * x_b) - (offset[k + 1] + slope[k + 1] * x_b)
+        before = _edge_mean(sc.a, sc.v, sc.cum, fit_lo[k], cut[k][0], p.drop_window, last=True)
+        after = _edge_mean(sc.a, sc.v, sc.cum, cut[k][1], cut[k + 1][0], p.drop_window,
+                           last=False)
+        drop = np.where(np.isfinite(drop), drop, before - after)
+        sc.fail((switch[k] >= 0) & ~(drop > p.safety_factor), 9)
+
+
 def process_scan(
     analog: np.ndarray,
     digital: np.ndarray,
@@ -291,170 +457,64 @@ def process_scan(
         where slope or offset is NaN.
     """
     p = params
-    a = np.asarray(analog)
-    d = np.asarray(digital)
-    v = np.asarray(valid, dtype=bool)
-    if a.ndim != 2 or a.shape != d.shape or a.shape != v.shape:
-        raise ValueError(
-            f"analog, digital, valid must be equal (step, P): {a.shape}, {d.shape}, {v.shape}"
-        )
     if len(p.n_intervals) != N_GAINS or len(p.min_points) != N_GAINS:
         raise ValueError("n_intervals and min_points need one entry per gain stage")
-    n_steps, n_series = a.shape
-    af = a.astype(np.float64)
-    df = d.astype(np.float64)
-    t = np.arange(n_steps)
-    tc = t[:, None]
-    e = p.transition_exclude
-    code = np.full(n_series, -1, dtype=np.int16)
-
-    def fail(where: np.ndarray, value: int) -> None:
-        code[where & (code == -1)] = value
-
-    # 1. validity bookkeeping and fluctuations between consecutive valid samples
-    cum = np.cumsum(v, axis=0, dtype=np.int32)
-    any_valid = cum[-1] > 0
-    last_valid = np.maximum.accumulate(np.where(v, tc, -1), axis=0)
-    prev = np.empty_like(last_valid)
-    prev[0] = -1
-    prev[1:] = last_valid[:-1]
-    has_delta = v & (prev >= 0)
-    delta = np.where(has_delta, af - np.take_along_axis(af, np.maximum(prev, 0), axis=0), 0.0)
-    jump = has_delta & ((delta < p.diff_threshold) | (delta > p.safety_factor))
-    n_fluct = jump.sum(axis=0).astype(np.int32)
-    fail(~any_valid, 10)
-    fail(n_fluct >= p.max_diff_changes, 8)
-
-    # 2. digital: fill lost samples, remove spikes
-    first_valid = np.argmax(v, axis=0)
-    fill_idx = np.where(last_valid >= 0, last_valid, first_valid[None, :])
-    d_fill = np.take_along_axis(df, fill_idx, axis=0)
-    med = running_median(d_fill, p.spike_window)
-    d_clean = np.where(np.abs(d_fill - med) >= p.spike_threshold, med, d_fill)
-
-    # 3. switches: first valid step above the current stage's level + threshold
-    window = np.arange(p.level_window)[:, None]
-    start = np.full(n_series, p.skip_first, dtype=np.int64)
-    active = any_valid.copy()
-    switch = np.full((N_GAINS, n_series), -1, dtype=np.int64)
-    for k in range(N_GAINS):
-        idx = np.minimum(start[None, :] + window, n_steps - 1)
-        level = np.median(np.take_along_axis(d_clean, idx, axis=0), axis=0)
-        cand = v & (tc >= start) & (d_clean > level + p.digital_switch_threshold)
-        found = active & cand.any(axis=0)
-        pos = np.argmax(cand, axis=0)
-        switch[k] = np.where(found, pos, -1)
-        active = found
-        start = pos + 1
+    sc = _scan(analog, digital, valid)
+    n_steps, n_series = sc.a.shape
+    any_valid = sc.cum[-1] > 0
+    n_fluct = _fluctuations(sc, p)
+    sc.fail(~any_valid, 10)
+    sc.fail(n_fluct >= p.max_diff_changes, 8)
+    switch = _switches(sc, any_valid, p)
     n_switch = (switch >= 0).sum(axis=0)
-    fail(n_switch > 2, 2)
-    fail(n_switch < 2, 3)
-
-    # saturation inside the low stage
-    big = n_steps
-    b0 = np.where(switch[0] >= 0, switch[0], big)
-    b1 = np.where(switch[1] >= 0, switch[1], big)
-    b2 = np.where(switch[2] >= 0, switch[2], big)
-    low_start = np.where(n_switch >= 2, b1, big)
-    a_med = np.take_along_axis(af, fill_idx, axis=0)
-    if p.flat_filter_window > 1:
-        a_med = running_median(a_med, p.flat_filter_window)
-    a_step = a_med - np.take_along_axis(a_med, np.maximum(prev, 0), axis=0)
-    flat = has_delta & (np.abs(a_step) < p.saturation_threshold_diff)
-    brk = (v & ~flat) | (tc < low_start)
-    last_break = np.where(brk.any(axis=0), n_steps - 1 - np.argmax(brk[::-1], axis=0), -1)
-    run = cum[-1] - _count_before(cum, last_break + 1)
-    sat_flat = np.where(run >= p.min_flat, np.maximum(last_break, low_start), big)
-    over = v & (tc >= low_start) & (af >= p.saturation_threshold)
-    sat_thr = np.where(over.any(axis=0), np.argmax(over, axis=0), big)
-    sat = np.minimum(np.minimum(sat_flat, sat_thr), b2)
-    sat = np.where(n_switch >= 2, sat, big)
+    sc.fail(n_switch > 2, 2)
+    sc.fail(n_switch < 2, 3)
+    b0, b1, b2 = (np.where(switch[k] >= 0, switch[k], n_steps) for k in range(N_GAINS))
+    sat = _saturation(sc, np.where(n_switch >= 2, b1, n_steps), b2, p)
+    sat = np.where(n_switch >= 2, sat, n_steps)
 
     # stage extents [first, end): the last stage found ends at T, low gain at saturation
     first = np.stack([np.zeros(n_series, dtype=np.int64), b0, b1])
     end = np.stack([b0, b1, sat])
     has = np.stack([any_valid, n_switch >= 1, n_switch >= 2])
     stage_bounds = np.where(has[:, None, :], np.stack([first, end], axis=1), -1)
-    # fit ranges: skip_first at the start, transition_exclude valid samples at every boundary
-    cut = [_exclusion(cum, bnd, e) for bnd in (b0, b1, b2, sat)]
+    # 6. fit ranges: skip_first at the start, transition_exclude valid samples at every boundary
+    cut = [_exclusion(sc.cum, bnd, p.transition_exclude) for bnd in (b0, b1, b2, sat)]
     fit_lo = np.stack([np.full(n_series, p.skip_first), cut[0][1], cut[1][1]])
     fit_hi = np.stack([cut[0][0], cut[1][0], cut[3][0]])
-    fit_lo = np.where(has, np.minimum(fit_lo, big), 0)
+    fit_lo = np.where(has, np.minimum(fit_lo, n_steps), 0)
     fit_hi = np.where(has, np.maximum(fit_hi, fit_lo), 0)
 
-    # 5. per-stage sub-interval fits
-    x = scaled_x(t, p.scaling_point, p.scaling_factor)
-    design = np.stack([np.ones(n_steps), x, x * x])
-    slope = np.full((N_GAINS, n_series), np.nan)
-    offset = np.full((N_GAINS, n_series), np.nan)
-    resid = np.full((N_GAINS, n_series), np.nan)
-    n_points = np.zeros((N_GAINS, n_series), dtype=np.int32)
-    stage_of = np.full((n_steps, n_series), -1, dtype=np.int8)
-    fit_fail: list[tuple[np.ndarray, int]] = []
-    for g in range(N_GAINS):
-        lo, hi, n_int = fit_lo[g], fit_hi[g], p.n_intervals[g]
-        in_range = v & (tc >= lo) & (tc < hi)
-        stage_of[in_range] = g
-        n_points[g] = _count_before(cum, hi) - _count_before(cum, lo)
-        step = (hi - lo) // n_int
-        usable = has[g] & (step > 0)
-        fit_fail += [(has[g] & (step <= 0), 7), (usable & (n_points[g] < p.min_points[g]), 6)]
-        keep = range(n_int)
-        if n_int >= 3:
-            keep = range(p.fit_cutoff_left, n_int - p.fit_cutoff_right)
-        sums = np.zeros((3, n_series))
-        too_few = np.zeros(n_series, dtype=bool)
-        singular = np.zeros(n_series, dtype=bool)
-        for i in range(n_int):
-            s = lo + i * step
-            stop = hi if i == n_int - 1 else s + step
-            mask = v & (tc >= s) & (tc < stop) & usable
-            fs, fo, fr, fn, fdet = _line_fit(mask, af, design)
-            too_few |= usable & (fn < 2)
-            singular |= usable & (fn >= 2) & ~(fdet > 0)
-            if i in keep:
-                sums += np.stack([fs, fo, fr])
-        fit_fail.append((too_few, 6))
-        slope[g], offset[g], resid[g] = np.where(usable, sums / len(keep), np.nan)
-        fit_fail.append((usable & ~too_few & (singular | ~np.isfinite(slope[g] + offset[g])), 5))
-
-    # 4. analog confirmation: jump between the fitted lines of both stages at the switch step
-    # (mean of drop_window valid samples next to the excluded ones where a fit is missing)
-    for k in range(2):
-        x_b = x[np.minimum(first[k + 1], n_steps - 1)]
-        drop = (offset[k] + slope[k] * x_b) - (offset[k + 1] + slope[k + 1] * x_b)
-        before = _edge_mean(af, v, cum, fit_lo[k], cut[k][0], p.drop_window, last=True)
-        after = _edge_mean(af, v, cum, cut[k][1], cut[k + 1][0], p.drop_window, last=False)
-        drop = np.where(np.isfinite(drop), drop, before - after)
-        fail((switch[k] >= 0) & ~(drop > p.safety_factor), 9)
+    fits, stage_of, fit_fail = _stage_fits(sc, fit_lo, fit_hi, has, p)
+    _confirm_drops(sc, fits, switch, first, fit_lo, cut, p)
     for where, value in fit_fail:
-        fail(where, value)
-    code[code == -1] = 0
+        sc.fail(where, value)
+    sc.code[sc.code == -1] = 0
 
-    gain_level = _stage_medians(df, stage_of)
-    threshold = 0.5 * (gain_level[:-1] + gain_level[1:])
-
-    bad = np.zeros((N_GAINS, n_series), dtype=BAD_PIXEL_DTYPE)
-    for flag, where in (
-        (BadPixels.CI_EVAL_ERROR, np.broadcast_to(code != 0, bad.shape)),
-        (BadPixels.CI_LINEAR_DEVIATION, resid > p.residual_threshold),
-        (BadPixels.VALUE_IS_NAN, np.isnan(slope) | np.isnan(offset)),
-    ):
-        bad[where] |= BAD_PIXEL_DTYPE(flag)
+    gain_level = _stage_medians(sc.d, stage_of)
     return {
-        "slope": slope,
-        "offset": offset,
-        "residual": resid,
+        **fits,
         "gain_level": gain_level,
-        "threshold": threshold,
+        "threshold": 0.5 * (gain_level[:-1] + gain_level[1:]),
         "stage_bounds": stage_bounds.astype(np.int32),
         "fit_bounds": np.stack([fit_lo, fit_hi], axis=1).astype(np.int32),
-        "n_points": n_points,
         "saturation_start": np.where(n_switch >= 2, sat, -1).astype(np.int32),
         "n_fluctuations": n_fluct,
-        "error_code": code,
-        "bad_pixels": bad,
+        "error_code": sc.code,
+        "bad_pixels": _bad_pixels(sc.code, fits, p),
     }
+
+
+def _bad_pixels(code: np.ndarray, fits: dict[str, np.ndarray], p: DrscsParams) -> np.ndarray:
+    """(3, P) bad-pixel bits of the results (see :func:`process_scan`)."""
+    bad = np.zeros(fits["slope"].shape, dtype=BAD_PIXEL_DTYPE)
+    for flag, where in (
+        (BadPixels.CI_EVAL_ERROR, np.broadcast_to(code != 0, bad.shape)),
+        (BadPixels.CI_LINEAR_DEVIATION, fits["residual"] > p.residual_threshold),
+        (BadPixels.VALUE_IS_NAN, np.isnan(fits["slope"]) | np.isnan(fits["offset"])),
+    ):
+        bad[where] |= BAD_PIXEL_DTYPE(flag)
+    return bad
 
 
 def choose_current(
