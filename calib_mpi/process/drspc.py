@@ -160,25 +160,7 @@ class DrspcAccumulator:
         pixel_mask : np.ndarray, optional
             ``(64, 64)`` bool; only these pixels take data from this call.
         """
-        analog = np.asarray(analog)
-        digital = np.asarray(digital)
-        cells = np.asarray(cells)
-        trains = np.asarray(trains)
-        n_frames = analog.shape[0] if analog.ndim else 0
-        if analog.shape != (n_frames, *self.block_shape) or digital.shape != analog.shape:
-            raise ValueError(
-                f"analog/digital must be (frame, {self.block_shape[0]}, {self.block_shape[1]}),"
-                f" got {analog.shape} and {digital.shape}"
-            )
-        for name, arr in (("analog", analog), ("digital", digital), ("cells", cells),
-                          ("trains", trains)):
-            if not np.issubdtype(arr.dtype, np.integer):
-                raise TypeError(f"{name} must be an integer array, got {arr.dtype}")
-        if cells.shape != (n_frames,) or trains.shape != (n_frames,):
-            raise ValueError(f"cells and trains must be ({n_frames},)")
-        if n_frames and (cells.min() < -1 or cells.max() >= self.n_cells):
-            raise ValueError(f"cells must be in [-1, {self.n_cells})")
-
+        analog, digital, cells, trains = self._checked(analog, digital, cells, trains)
         key: bytes | None = None
         rows: np.ndarray | None = None  # row mask: update these whole rows only
         if pixel_mask is not None:
@@ -220,6 +202,31 @@ class DrspcAccumulator:
         for g, sel in enumerate(sels):
             if sel.size:
                 self._add_window_numpy(g, sel, analog, digital, cells, trains, rows)
+
+    def _checked(
+        self, analog: np.ndarray, digital: np.ndarray, cells: np.ndarray, trains: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The arguments of :meth:`update` as arrays, their shapes, types and cells checked
+        (ValueError / TypeError naming the argument)."""
+        analog = np.asarray(analog)
+        digital = np.asarray(digital)
+        cells = np.asarray(cells)
+        trains = np.asarray(trains)
+        n_frames = analog.shape[0] if analog.ndim else 0
+        if analog.shape != (n_frames, *self.block_shape) or digital.shape != analog.shape:
+            raise ValueError(
+                f"analog/digital must be (frame, {self.block_shape[0]}, {self.block_shape[1]}),"
+                f" got {analog.shape} and {digital.shape}"
+            )
+        for name, arr in (("analog", analog), ("digital", digital), ("cells", cells),
+                          ("trains", trains)):
+            if not np.issubdtype(arr.dtype, np.integer):
+                raise TypeError(f"{name} must be an integer array, got {arr.dtype}")
+        if cells.shape != (n_frames,) or trains.shape != (n_frames,):
+            raise ValueError(f"cells and trains must be ({n_frames},)")
+        if n_frames and (cells.min() < -1 or cells.max() >= self.n_cells):
+            raise ValueError(f"cells must be in [-1, {self.n_cells})")
+        return analog, digital, cells, trains
 
     def _add_window_numpy(
         self, g: int, sel: np.ndarray, analog: np.ndarray, digital: np.ndarray,

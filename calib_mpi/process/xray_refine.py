@@ -85,6 +85,67 @@ def refine(
     return out
 
 
+class _Windows:
+    """Window sums of histograms ``(rows, n_bins)``: each unit bin spread uniformly over
+    ``[i - 1/2, i + 1/2]``, partial bins included exactly via cumulative sums."""
+
+    def __init__(self, counts: np.ndarray) -> None:
+        n_rows, self.n_bins = counts.shape
+        self.rows = np.arange(n_rows)
+        self.h = counts.astype(np.float64)
+        i = np.arange(self.n_bins, dtype=np.float64)
+        self.c = [np.zeros((n_rows, self.n_bins + 1)) for _ in range(3)]
+        np.cumsum(self.h, axis=1, out=self.c[0][:, 1:])
+        np.cumsum(self.h * i, axis=1, out=self.c[1][:, 1:])
+        np.cumsum(self.h * (i * i + 1.0 / 12.0), axis=1, out=self.c[2][:, 1:])
+
+    def below(self, t: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Count, sum x, sum x^2 below ``t`` (rows,) (NaN where ``t`` is not finite)."""
+        finite = np.isfinite(t)
+        u = np.where(finite, t, 0.0) + 0.5
+        jj = np.clip(np.floor(u), 0, self.n_bins - 1).astype(np.intp)
+        f = np.where(finite, np.clip(u - jj, 0.0, 1.0), np.nan)
+        e = jj - 0.5
+        hj = self.h[self.rows, jj]
+        c0, c1, c2 = (c[self.rows, jj] for c in self.c)
+        return (c0 + hj * f, c1 + hj * (f * e + 0.5 * f * f),
+                c2 + hj * (((e + f) ** 3 - e**3) / 3.0))
+
+    def sums(self, mu: np.ndarray, half: np.ndarray, others=()) -> list[np.ndarray]:
+        """Count, sum x, sum x^2 inside ``mu +- half`` less those of the Gaussians ``others``
+        (tuples ``(n, mu, s)``) in the same window."""
+        lo = self.below(mu - half)
+        hi = self.below(mu + half)
+        sums = [hi[0] - lo[0], hi[1] - lo[1], hi[2] - lo[2]]
+        for n_o, mu_o, s_o in others:
+            z = _gauss_sums(mu - half, mu + half, n_o, mu_o, s_o)
+            sums = [w - zz for w, zz in zip(sums, z, strict=True)]
+        return sums
+
+    def step(self, mu: np.ndarray, s: np.ndarray, half: np.ndarray, others) -> tuple:
+        """One windowed-moment step: new mean, Gaussian width and entries of the peak."""
+        sums = self.sums(mu, half, others)
+        mean = sums[1] / sums[0]
+        var = sums[2] / sums[0] - mean * mean
+        m = _truncated_moments(half / s)
+        return mean, np.sqrt(np.maximum(var, 0.0) * m["m0"] / m["m2"]), sums[0] / m["m0"]
+
+
+def _gauss_sums(
+    lo: np.ndarray, hi: np.ndarray, n: np.ndarray, mu_g: np.ndarray, s_g: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Count, sum x and sum x^2 of ``n`` entries ~ N(mu_g, s_g^2) inside ``[lo, hi]``."""
+    alpha = (lo - mu_g) / s_g
+    beta = (hi - mu_g) / s_g
+    pa = np.exp(-0.5 * alpha * alpha) / _SQRT_2PI
+    pb = np.exp(-0.5 * beta * beta) / _SQRT_2PI
+    d = ndtr(beta) - ndtr(alpha)
+    e = pa - pb
+    f = np.nan_to_num(alpha * pa) - np.nan_to_num(beta * pb)
+    z2 = (mu_g * mu_g + s_g * s_g) * d + 2.0 * mu_g * s_g * e + s_g * s_g * f
+    return n * d, n * (mu_g * d + s_g * e), n * z2
+
+
 def _refine_numpy(
     counts: np.ndarray,
     p0: np.ndarray,
@@ -94,73 +155,8 @@ def _refine_numpy(
     p2: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """``refine`` in whole-array numpy operations (loops over iterations, not rows)."""
-    n_rows, n_bins = counts.shape
-    rows = np.arange(n_rows)
-    h = counts.astype(np.float64)
-    i = np.arange(n_bins, dtype=np.float64)
-    c0 = np.zeros((n_rows, n_bins + 1))
-    c1 = np.zeros((n_rows, n_bins + 1))
-    c2 = np.zeros((n_rows, n_bins + 1))
-    np.cumsum(h, axis=1, out=c0[:, 1:])
-    np.cumsum(h * i, axis=1, out=c1[:, 1:])
-    np.cumsum(h * (i * i + 1.0 / 12.0), axis=1, out=c2[:, 1:])
-
-    def cumulative(t: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        finite = np.isfinite(t)
-        u = np.where(finite, t, 0.0) + 0.5
-        jj = np.clip(np.floor(u), 0, n_bins - 1).astype(np.intp)
-        f = np.where(finite, np.clip(u - jj, 0.0, 1.0), np.nan)
-        e = jj - 0.5
-        hj = h[rows, jj]
-        f0 = c0[rows, jj] + hj * f
-        f1 = c1[rows, jj] + hj * (f * e + 0.5 * f * f)
-        f2 = c2[rows, jj] + hj * (((e + f) ** 3 - e**3) / 3.0)
-        return f0, f1, f2
-
-    def window(mu: np.ndarray, half: np.ndarray) -> list[np.ndarray]:
-        lo = cumulative(mu - half)
-        hi = cumulative(mu + half)
-        return [hi[0] - lo[0], hi[1] - lo[1], hi[2] - lo[2]]
-
-    def gauss_sums(
-        lo: np.ndarray, hi: np.ndarray, n: np.ndarray, mu_g: np.ndarray, s_g: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Count, sum x and sum x^2 of ``n`` entries ~ N(mu_g, s_g^2) inside ``[lo, hi]``."""
-        alpha = (lo - mu_g) / s_g
-        beta = (hi - mu_g) / s_g
-        pa = np.exp(-0.5 * alpha * alpha) / _SQRT_2PI
-        pb = np.exp(-0.5 * beta * beta) / _SQRT_2PI
-        d = ndtr(beta) - ndtr(alpha)
-        e = pa - pb
-        f = np.nan_to_num(alpha * pa) - np.nan_to_num(beta * pb)
-        z2 = (mu_g * mu_g + s_g * s_g) * d + 2.0 * mu_g * s_g * e + s_g * s_g * f
-        return n * d, n * (mu_g * d + s_g * e), n * z2
-
-    def two_photon(
-        mu2: np.ndarray, mu: list[np.ndarray], s: list[np.ndarray], n_peak: list[np.ndarray]
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Mean and its standard error of the 2-photon peak from start ``mu2`` (NaN = none)."""
-        s2 = np.sqrt(np.maximum(2.0 * s[1] ** 2 - s[0] ** 2, s[1] ** 2))
-        s3 = np.sqrt(np.maximum(3.0 * s[1] ** 2 - 2.0 * s[0] ** 2, s[1] ** 2))
-        n3 = n_peak[1] ** 3 / (6.0 * n_peak[0] ** 2)
-        n2 = np.zeros(n_rows)
-        for _ in range(n_iter):
-            spacing2 = mu2 - mu[1]
-            half = np.minimum(k * s2, 0.5 * spacing2)
-            sums = window(mu2, half)
-            for n_o, mu_o, s_o in ((n_peak[1], mu[1], s[1]), (n3, mu2 + spacing2, s3)):
-                z = gauss_sums(mu2 - half, mu2 + half, n_o, mu_o, s_o)
-                sums = [w - zz for w, zz in zip(sums, z, strict=True)]
-            mean = sums[1] / sums[0]
-            m = _truncated_moments(half / s2)
-            s2 = np.sqrt(np.maximum(sums[2] / sums[0] - mean * mean, 0.0) * m["m0"] / m["m2"])
-            mu2, n2 = mean, sums[0] / m["m0"]
-        half = np.minimum(k * s2, 0.5 * (mu2 - mu[1]))
-        emu2 = s2 / np.sqrt(n2 * _truncated_moments(half / s2)["m2"])
-        good = (mu2 - half >= -0.5) & (mu2 + half <= n_bins - 0.5) & (n2 > 0) & (s2 > 0)
-        good &= np.isfinite(emu2)
-        return np.where(good, mu2, np.nan), np.where(good, emu2, np.nan)
-
+    n_rows = counts.shape[0]
+    win = _Windows(counts)
     mu = [p0.copy(), p1.copy()]
     s = [(p1 - p0) / (2.0 * k)] * 2
     n_peak = [np.zeros(n_rows), np.zeros(n_rows)]
@@ -176,51 +172,71 @@ def _refine_numpy(
                 [(n_peak[1], mu[1], s[1])],
                 [(n_peak[0], mu[0], s[0]), (n2, mu[1] + spacing, s2)],
             )
-            new = []
-            for q in (0, 1):
-                half = np.minimum(k * s[q], 0.5 * spacing)
-                sums = window(mu[q], half)
-                for n_o, mu_o, s_o in others[q]:
-                    z = gauss_sums(mu[q] - half, mu[q] + half, n_o, mu_o, s_o)
-                    sums = [w - zz for w, zz in zip(sums, z, strict=True)]
-                mean = sums[1] / sums[0]
-                var = sums[2] / sums[0] - mean * mean
-                m = _truncated_moments(half / s[q])
-                new.append(
-                    (mean, np.sqrt(np.maximum(var, 0.0) * m["m0"] / m["m2"]), sums[0] / m["m0"])
-                )
-            mu = [new[0][0], new[1][0]]
-            s = [new[0][1], new[1][1]]
-            n_peak = [new[0][2], new[1][2]]
-        out: dict[str, np.ndarray] = {"ok": np.ones(n_rows, bool), "inside": np.ones(n_rows, bool)}
-        spacing = mu[1] - mu[0]
-        for q in (0, 1):
-            half = np.minimum(k * s[q], 0.5 * spacing)
-            a = half / s[q]
-            m = _truncated_moments(a)
-            c = m["m2"] / m["m0"]
-            e_psi2 = m["m4"] - 2.0 * c * m["m2"] + c * c * m["m0"]
-            g1 = 2.0 * a * (a * a - c) * m["phi"] - 2.0 * c * m["m0"]
-            sigma2 = s[q] ** 2 - _BINNING_VARIANCE
-            sigma = np.sqrt(np.maximum(sigma2, 0.0))
-            se_s = s[q] * np.sqrt(e_psi2 / (n_peak[q] * g1 * g1))
-            out[f"mu{q}"] = mu[q]
-            out[f"s{q}"] = sigma
-            out[f"emu{q}"] = s[q] / np.sqrt(n_peak[q] * m["m2"])
-            out[f"es{q}"] = se_s * s[q] / sigma
-            outside = (mu[q] - half < -0.5) | (mu[q] + half > n_bins - 0.5)
-            out["inside"] &= ~outside
-            out["ok"] &= np.isfinite(mu[q]) & (sigma2 > 0) & (n_peak[q] > 0) & ~outside
-        _add_neighbour_errors(out, mu, s, n_peak, k, window, gauss_sums)
+            new = [win.step(mu[q], s[q], np.minimum(k * s[q], 0.5 * spacing), others[q])
+                   for q in (0, 1)]
+            mu, s, n_peak = ([new[0][j], new[1][j]] for j in range(3))
+        out = _estimates(win.n_bins, mu, s, n_peak, k)
+        _add_neighbour_errors(out, win, mu, s, n_peak, k)
         if p2 is None:
             p2 = np.full(n_rows, -1.0)
-        out["mu2"], out["emu2"] = two_photon(np.where(p2 >= 0, p2, np.nan), mu, s, n_peak)
+        out["mu2"], out["emu2"] = _two_photon(win, np.where(p2 >= 0, p2, np.nan), mu, s,
+                                              n_peak, k, n_iter)
     return out
 
 
+def _estimates(
+    n_bins: int, mu: list[np.ndarray], s: list[np.ndarray], n_peak: list[np.ndarray], k: float
+) -> dict[str, np.ndarray]:
+    """Positions, widths (binning removed), their standard errors, ``ok`` and ``inside`` of
+    both converged peaks."""
+    n_rows = mu[0].shape[0]
+    out: dict[str, np.ndarray] = {"ok": np.ones(n_rows, bool), "inside": np.ones(n_rows, bool)}
+    spacing = mu[1] - mu[0]
+    for q in (0, 1):
+        half = np.minimum(k * s[q], 0.5 * spacing)
+        a = half / s[q]
+        m = _truncated_moments(a)
+        c = m["m2"] / m["m0"]
+        e_psi2 = m["m4"] - 2.0 * c * m["m2"] + c * c * m["m0"]
+        g1 = 2.0 * a * (a * a - c) * m["phi"] - 2.0 * c * m["m0"]
+        sigma2 = s[q] ** 2 - _BINNING_VARIANCE
+        sigma = np.sqrt(np.maximum(sigma2, 0.0))
+        se_s = s[q] * np.sqrt(e_psi2 / (n_peak[q] * g1 * g1))
+        out[f"mu{q}"] = mu[q]
+        out[f"s{q}"] = sigma
+        out[f"emu{q}"] = s[q] / np.sqrt(n_peak[q] * m["m2"])
+        out[f"es{q}"] = se_s * s[q] / sigma
+        outside = (mu[q] - half < -0.5) | (mu[q] + half > n_bins - 0.5)
+        out["inside"] &= ~outside
+        out["ok"] &= np.isfinite(mu[q]) & (sigma2 > 0) & (n_peak[q] > 0) & ~outside
+    return out
+
+
+def _two_photon(
+    win: _Windows, mu2: np.ndarray, mu: list[np.ndarray], s: list[np.ndarray],
+    n_peak: list[np.ndarray], k: float, n_iter: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and its standard error of the 2-photon peak from start ``mu2`` (NaN = none), the
+    1-photon and Poisson-predicted 3-photon tails subtracted."""
+    s2 = np.sqrt(np.maximum(2.0 * s[1] ** 2 - s[0] ** 2, s[1] ** 2))
+    s3 = np.sqrt(np.maximum(3.0 * s[1] ** 2 - 2.0 * s[0] ** 2, s[1] ** 2))
+    n3 = n_peak[1] ** 3 / (6.0 * n_peak[0] ** 2)
+    n2 = np.zeros(mu2.shape[0])
+    for _ in range(n_iter):
+        spacing2 = mu2 - mu[1]
+        half = np.minimum(k * s2, 0.5 * spacing2)
+        others = ((n_peak[1], mu[1], s[1]), (n3, mu2 + spacing2, s3))
+        mu2, s2, n2 = win.step(mu2, s2, half, others)
+    half = np.minimum(k * s2, 0.5 * (mu2 - mu[1]))
+    emu2 = s2 / np.sqrt(n2 * _truncated_moments(half / s2)["m2"])
+    good = (mu2 - half >= -0.5) & (mu2 + half <= win.n_bins - 0.5) & (n2 > 0) & (s2 > 0)
+    good &= np.isfinite(emu2)
+    return np.where(good, mu2, np.nan), np.where(good, emu2, np.nan)
+
+
 def _add_neighbour_errors(
-    out: dict[str, np.ndarray], mu: list[np.ndarray], s: list[np.ndarray],
-    n_peak: list[np.ndarray], k: float, window, gauss_sums,
+    out: dict[str, np.ndarray], win: _Windows, mu: list[np.ndarray], s: list[np.ndarray],
+    n_peak: list[np.ndarray], k: float,
 ) -> None:
     """Add to ``out`` the errors that the subtracted neighbour tails bring (in place).
 
@@ -242,10 +258,9 @@ def _add_neighbour_errors(
         o = 1 - q
         half = np.minimum(k * s[q], 0.5 * spacing)
 
-        def mean(centre, n_o, mu_o, s_o, q=q, half=half):
-            sums = window(centre, half)
-            z = gauss_sums(centre - half, centre + half, n_o, mu_o, s_o)
-            return (sums[1] - z[1]) / (sums[0] - z[0])
+        def mean(centre, n_o, mu_o, s_o, half=half):
+            sums = win.sums(centre, half, [(n_o, mu_o, s_o)])
+            return sums[1] / sums[0]
 
         base = mean(mu[q], n_peak[o], mu[o], s[o])
         eps = 0.01 * s[q]

@@ -482,6 +482,37 @@ def make_slabs(parts: list[PartIndex], chunk_frames: int) -> list[tuple[int, int
     return slabs
 
 
+def _fill_pairs(outv: np.ndarray, raw: np.ndarray, dset: h5py.Dataset, start: int,
+                a: np.ndarray, d: np.ndarray) -> None:
+    """``outv[j] = (frame a[j], frame d[j])`` (int16 view) from the slab ``raw`` read at
+    ``start``; halves beyond the slab are read from ``dset`` one frame at a time."""
+    n = len(raw)
+    inside = (a < n) & (d < n)
+    if inside.all():
+        np.take(raw, a, axis=0, out=outv[:len(a), 0])
+        np.take(raw, d, axis=0, out=outv[:len(a), 1])
+    else:
+        outv[inside, 0] = raw[a[inside]]
+        outv[inside, 1] = raw[d[inside]]
+    for j in np.nonzero(~inside)[0]:
+        for half, ix in ((0, a[j]), (1, d[j])):
+            outv[j, half] = raw[ix] if ix < n else dset[start + ix]
+
+
+def _fill_cross_pairs(outv: np.ndarray, raw: np.ndarray, start: int, crows: np.ndarray,
+                      cpaths: list[str], open_part: Callable[[str], h5py.File] | None) -> None:
+    """Pairs split across parts (rows ``own index, own half, key, other index`` of
+    ``PartIndex.cross``): this part's half from the slab, the other from its part."""
+    for j, (row, path) in enumerate(zip(crows, cpaths, strict=True)):
+        own_ix, own_dig, _key, other = (int(x) for x in row)
+        outv[j, own_dig] = raw[own_ix - start]
+        if open_part is None:
+            with h5py.File(path, "r") as g:
+                outv[j, 1 - own_dig] = g[DATA][other]
+        else:
+            outv[j, 1 - own_dig] = open_part(path)[DATA][other]
+
+
 def read_slab(f: h5py.File, info: PartIndex, start: int, stop: int, buf: np.ndarray,
               pair_buf: np.ndarray | None = None,
               open_part: Callable[[str], h5py.File] | None = None
@@ -539,25 +570,8 @@ def read_slab(f: h5py.File, info: PartIndex, start: int, stop: int, buf: np.ndar
         pair_buf = np.empty((n_pairs, 2, h, w), np.uint16)
     out = pair_buf[:n_pairs]
     outv = out.view(np.int16)
-    inside = (a < n) & (d < n)
-    if inside.all():
-        np.take(raw, a, axis=0, out=outv[:len(a), 0])
-        np.take(raw, d, axis=0, out=outv[:len(a), 1])
-    else:
-        outv[inside, 0] = raw[a[inside]]
-        outv[inside, 1] = raw[d[inside]]
-    for j in np.nonzero(~inside)[0]:
-        for half, ix in ((0, a[j]), (1, d[j])):
-            outv[j, half] = raw[ix] if ix < n else dset[start + ix]
-    for j, (row, path) in enumerate(zip(crows, cpaths, strict=True)):
-        own_ix, own_dig, k, other = (int(x) for x in row)
-        jj = len(a) + j
-        outv[jj, own_dig] = raw[own_ix - start]
-        if open_part is None:
-            with h5py.File(path, "r") as g:
-                outv[jj, 1 - own_dig] = g[DATA][other]
-        else:
-            outv[jj, 1 - own_dig] = open_part(path)[DATA][other]
+    _fill_pairs(outv, raw, dset, start, a, d)
+    _fill_cross_pairs(outv[len(a):], raw, start, crows, cpaths, open_part)
     key = np.concatenate([key, crows[:, 2]])
     neg_a = outv[:, 0].reshape(n_pairs, -1).min(axis=1) < 0
     neg_d = outv[:, 1].reshape(n_pairs, -1).min(axis=1) < 0
