@@ -198,3 +198,38 @@ def test_xray_peak_and_refine_kernels_equal_numpy(built):
             assert np.array_equal(np.isnan(got), np.isnan(want)), name
             fin = np.isfinite(want)
             np.testing.assert_allclose(got[fin], want[fin], rtol=1e-9, err_msg=name)
+
+
+def test_drscs_scan_kernel_equals_numpy(built, monkeypatch):
+    """The drscs kernel (prebuilt, JIT) gives every output of the numpy ``process_scan``
+    exactly (integer sums, the same formulas): scans with lost samples, transition samples,
+    each kind of failure, a failing current, default and other parameters (odd median
+    windows, more sub-intervals, no transition exclusion, an even level window)."""
+    from calib_mpi.process import drscs
+    from calib_mpi.synthetic.drscs import make_drscs_scans
+
+    scans = [make_drscs_scans(seed=2, shape=(1024,), loss_fraction=0.1),
+             make_drscs_scans(seed=3, shape=(512,), n_steps=260, loss_fraction=0.3,
+                              transition_fraction=0.6, extra_failures={20: 0, 30: 1})]
+    params = [drscs.DrscsParams(),
+              drscs.DrscsParams(flat_filter_window=1, n_intervals=(2, 3, 4),
+                                transition_exclude=0, spike_window=7),
+              drscs.DrscsParams(level_window=4, transition_exclude=3, drop_window=3,
+                                fit_cutoff_left=0, skip_first=0)]
+    fns = (_jit.kernel("drscs_scan", [built]), _jit._jit_module().drscs_scan)
+    codes = set()
+    for s in scans:
+        for p in params:
+            for c in range(s.analog.shape[0]):
+                a, d, v = s.analog[c], s.digital[c], s.valid[c]
+                with monkeypatch.context() as m:
+                    m.setattr(drscs, "_compiled", lambda *args: None)
+                    want = drscs.process_scan(a, d, v, p)
+                codes |= set(np.unique(want["error_code"]).tolist())
+                for fn in fns:
+                    got = drscs._process_compiled(fn, a, d, v, p)
+                    assert got.keys() == want.keys()
+                    for k in want:
+                        assert got[k].dtype == want[k].dtype, k
+                        assert np.array_equal(got[k], want[k], equal_nan=True), k
+    assert {0, 2, 3, 6, 8, 9, 10} <= codes, codes
