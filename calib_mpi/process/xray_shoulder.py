@@ -82,13 +82,34 @@ def find_shoulder(
     """1-photon peak bin on the noise peak's flank of each histogram, -1 where none.
 
     ``cum``: (rows, n_bins + 1) int64 cumulative counts; ``p0``: (rows,) noise peak bins (>= 0);
-    ``min_spacing``: least distance (bins) from the noise peak.
+    ``min_spacing``: least distance (bins) from the noise peak. Histograms with fewer than
+    ``max(min_counts, n_sigma^2)`` entries where a shoulder's box could lie (pure noise, say)
+    cannot have one and are not searched.
     """
+    n_rows, n_edges = cum.shape
+    mu, s, n = noise_gaussian(cum, p0)
+    w = np.maximum(np.round(s), 1.0)
+    start = mu + np.maximum(min_spacing, SHOULDER_MIN_SIGMAS * s)
+    # a candidate j > start has a box from j - w up: its count bounds the residual
+    lowest = np.clip(np.nan_to_num(np.floor(start) + 1 - w), 0, n_edges - 1).astype(np.intp)
+    reach = cum[:, -1] - cum[np.arange(n_rows), lowest]
+    keep = np.flatnonzero(reach >= max(min_counts, n_sigma * n_sigma))
+    out = np.full(n_rows, -1, np.int64)
+    if keep.size:
+        out[keep] = _search(cum[keep], mu[keep], s[keep], n[keep], w[keep], start[keep],
+                            n_sigma, min_counts)
+    return out
+
+
+def _search(
+    cum: np.ndarray, mu: np.ndarray, s: np.ndarray, n: np.ndarray, w: np.ndarray,
+    start: np.ndarray, n_sigma: float, min_counts: float,
+) -> np.ndarray:
+    """Steps 2 and 3 of the module docstring for histograms with noise peak ``mu`` (bins),
+    width ``s``, entries ``n``, box half-width ``w`` and search start ``start``."""
     n_rows, n_edges = cum.shape
     n_bins = n_edges - 1
     rows = np.arange(n_rows)[:, None]
-    mu, s, n = noise_gaussian(cum, p0)
-    w = np.maximum(np.round(s), 1.0)
     j = np.arange(n_bins, dtype=np.float64)[None, :]
     lo = np.clip(j - w[:, None], 0, n_bins)
     hi = np.clip(j + w[:, None] + 1, 0, n_bins)
@@ -96,7 +117,6 @@ def find_shoulder(
     expected = n[:, None] * (ndtr((hi - 0.5 - mu[:, None]) / s[:, None])
                              - ndtr((lo - 0.5 - mu[:, None]) / s[:, None]))
     residual = box - expected
-    start = mu + np.maximum(min_spacing, SHOULDER_MIN_SIGMAS * s)
     above = (j > start[:, None]) & (residual >= min_counts)
     above &= residual >= n_sigma * np.sqrt(np.maximum(box, 1.0))
     has = above.any(axis=1)
