@@ -318,3 +318,33 @@ def test_input_validation():
     acc.update(-frame[:, :, :].astype(np.int16) - 5, frame.astype(np.int16),
                np.zeros(2, int), np.array([50, 60]))
     assert acc.finalize()["offset"][0, 0, 0, 0] == -5
+
+
+@pytest.mark.parametrize("mask", ["none", "rows", "cols", "irregular"])
+def test_compiled_kernel_equals_numpy(monkeypatch, mask):
+    """The compiled ``drspc_sums`` kernel (JIT) gives the numpy path's sums exactly: values up to
+    65535, invalid cells, steps outside/at the window edges, strided (transposed) views."""
+    from calib_mpi.process import _jit
+
+    if _jit._jit_module() is None:
+        pytest.skip("numba not installed")
+    rng = np.random.default_rng(5)
+    n = 300
+    frames = rng.integers(0, 65536, (n, 2, 128, 128), dtype=np.uint16)
+    frames[0] = 65535
+    cells = rng.integers(-1, 4, n)
+    trains = rng.integers(0, 130, n)
+    trains[:4] = (10, 49, 50, 99)
+    windows = ((10, 50), (50, 100))
+    block = frames[:, :, 64:, :64].swapaxes(2, 3)
+    pm = {"none": None, "rows": injected_rows_mask(3, False),
+          "cols": injected_rows_mask(3, False).T, "irregular": rng.random((64, 64)) < 0.3}[mask]
+    out = []
+    for fast in (_jit._jit_module().drspc_sums, None):
+        monkeypatch.setattr(_jit, "kernel", lambda name, f=fast: f)
+        acc = DrspcAccumulator(4, windows=windows)
+        for lo in range(0, n, 128):
+            acc.update(block[lo:lo + 128, 0], block[lo:lo + 128, 1], cells[lo:lo + 128],
+                       trains[lo:lo + 128], pixel_mask=pm)
+        out.append(acc._sums.copy())
+    assert out[0].any() and np.array_equal(out[0], out[1])
