@@ -2,8 +2,8 @@
 
 A job should not pay for compiling, or even for importing numba (~0.5 s of CPU per rank):
 ``python -m calib_mpi.process.aot`` (run by ``scripts/setup-env.sh``) compiles the kernels of
-:mod:`calib_mpi.process._kernels_numba` ahead of time into an extension module whose name
-carries the hash of that source file and a key of this CPU model, so a module built from
+:mod:`calib_mpi.process._kernels` ahead of time into an extension module whose name
+carries the hash of that package's source files and a key of this CPU model, so a module built from
 another version of the source, or on another kind of CPU, is never loaded. :func:`kernel`
 then picks, once per process:
 
@@ -28,7 +28,8 @@ from pathlib import Path
 from types import ModuleType
 
 ENV = "CALIB_MPI_KERNELS"
-SOURCE = Path(__file__).with_name("_kernels_numba.py")
+#: the numba source of the kernels (a package: one module per measurement)
+SOURCE = Path(__file__).with_name("_kernels")
 PREFIX = "_calib_kernels_"
 
 _lock = threading.Lock()
@@ -36,8 +37,12 @@ _chosen: dict[str, tuple[str, ModuleType | None]] = {}
 
 
 def source_hash() -> str:
-    """First 12 hex digits of the SHA-256 of the kernels' numba source file."""
-    return hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:12]
+    """First 12 hex digits of the SHA-256 of the kernels' numba source files (names and
+    contents, in name order)."""
+    h = hashlib.sha256()
+    for path in sorted(SOURCE.glob("*.py")):
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:12]
 
 
 def cpu_key() -> str:
@@ -67,7 +72,7 @@ def search_dirs() -> list[Path]:
     (written by the set-up of a source or editable install), then the user's cache
     (``$XDG_CACHE_HOME/calib-mpi``, ``~/.cache/calib-mpi``) for read-only installs."""
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "calib-mpi"
-    return [SOURCE.parent, cache]
+    return [Path(__file__).parent, cache]
 
 
 def prebuilt_path(dirs: list[Path] | None = None) -> Path | None:
@@ -96,7 +101,7 @@ def _jit_module() -> ModuleType | None:
         from numba import njit
     except ImportError:  # pragma: no cover - only without numba
         return None
-    from . import _kernels_numba as src
+    from . import _kernels as src
 
     mod = ModuleType("calib_kernels_jit")
     for name, (fn, _sig) in src.EXPORTS.items():
@@ -134,7 +139,7 @@ def backend(dirs: list[Path] | None = None) -> str:
 
 
 def kernel(name: str, dirs: list[Path] | None = None) -> Callable | None:
-    """The compiled kernel ``name`` (a key of ``_kernels_numba.EXPORTS``), or None: use
+    """The compiled kernel ``name`` (a key of ``_kernels.EXPORTS``), or None: use
     numpy. A prebuilt kernel accepts exactly the types of its signature there."""
     mod = _get(dirs)[1]
     return None if mod is None else getattr(mod, name)

@@ -1,6 +1,6 @@
 """Compile the kernels ahead of time: ``python -m calib_mpi.process.aot [--dir DIR]``.
 
-Builds :mod:`calib_mpi.process._kernels_numba` with ``numba.pycc`` into the extension module
+Builds :mod:`calib_mpi.process._kernels` with ``numba.pycc`` into the extension module
 :func:`calib_mpi.process._jit.module_name` (source hash + CPU key) for this machine's CPU, in
 the package directory when it is writable, else in the user's cache (see
 :func:`calib_mpi.process._jit.search_dirs`), and removes older builds there. Jobs then load it
@@ -48,11 +48,11 @@ def default_dir() -> Path:
 
 
 def build(out_dir: Path, verbose: bool = False) -> Path:
-    """Compile every kernel of ``_kernels_numba.EXPORTS`` into ``out_dir``; returns the path of
+    """Compile every kernel of ``_kernels.EXPORTS`` into ``out_dir``; returns the path of
     the module. Older ``_calib_kernels_*`` modules in ``out_dir`` are removed."""
     from numba.pycc import CC
 
-    from . import _kernels_numba as src
+    from . import _kernels as src
 
     _host_build_options()
     name = _jit.module_name()

@@ -1,4 +1,4 @@
-"""Hot loops: compiled (numba source in ``_kernels_numba``, loaded by ``_jit``: prebuilt or
+"""Hot loops: compiled (numba source in ``_kernels``, loaded by ``_jit``: prebuilt or
 JIT), with exact numpy fallbacks when numba is not installed.
 
 The dark kernel adds a slab of frames to per-(cell, pixel) integer sums. Frames of one cell
