@@ -96,6 +96,8 @@ class XrayRunSet:
     rate: tuple[float, float] = (0.4, 0.6)
     #: if given, ASIC b gets occupancy ``occupancies[b % len]`` (``occupancy_rate``) instead
     occupancies: tuple[float, ...] = ()
+    #: per-pixel noise, ADU, uniform range (``make_xray_run``'s default 5-8)
+    noise: tuple[float, float] = (5.0, 8.0)
     #: broken (cell, pixel)s of each kind (dead, no_photons, noisy, deviant) per ASIC
     n_broken: int = 1
     #: module index -> train positions lost in that module
@@ -284,8 +286,9 @@ def write_xray_runs(out_dir: Path | str, p: XrayRunSet | None = None) -> Path:
             n_photons = np.zeros((3,) + shape, np.int64)
             for b, blk in enumerate(asic_blocks(XFEL_FRAME, module)):
                 xr = make_xray_run(p.seed * 1000 + 16 * mi + b, p.n_cells, p.n_trains,
-                                   rate=_rate(p, b), n_dead=p.n_broken, n_no_photons=p.n_broken,
-                                   n_noisy=p.n_broken, n_deviant=p.n_broken)
+                                   rate=_rate(p, b), noise=tuple(p.noise), n_dead=p.n_broken,
+                                   n_no_photons=p.n_broken, n_noisy=p.n_broken,
+                                   n_deviant=p.n_broken)
                 analog[:, :, blk.rows, blk.cols] = xr.analog
                 for k in truth:
                     truth[k][:, blk.rows, blk.cols] = getattr(xr, k)
