@@ -150,6 +150,7 @@ def test_job_process_picks_backend(built, mode):
 def _xray_histograms():
     """Histograms (rows, 512) of xray runs at occupancies 0.1 and 2 and of a run with dead,
     photon-less and noisy pixels, their box sums (11 bins) and cumulative counts."""
+    from calib_mpi.process.xray_peaks import box_sums, cumulative_counts
     from calib_mpi.synthetic.xray import make_xray_run, occupancy_run
 
     from .test_process_xray import accumulate
@@ -158,11 +159,7 @@ def _xray_histograms():
     runs.append(make_xray_run(seed=4, n_cells=2, n_trains=600, n_dead=4, n_no_photons=4,
                               n_noisy=4, empty_cells=(1,)))
     counts = np.concatenate([accumulate(run).counts for run in runs])
-    cum = np.zeros((len(counts), counts.shape[1] + 1), np.int64)
-    np.cumsum(counts, axis=1, out=cum[:, 1:])
-    pad = np.concatenate([np.zeros((len(cum), 5), np.int64), cum,
-                          np.repeat(cum[:, -1:], 5, axis=1)], axis=1)
-    return counts, pad[:, 11:] - pad[:, : counts.shape[1]]
+    return counts, box_sums(cumulative_counts(counts), 5)
 
 
 def test_xray_peak_and_refine_kernels_equal_numpy(built):

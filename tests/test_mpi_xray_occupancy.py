@@ -39,9 +39,10 @@ N_TRAINS = 1000
 MIN_ENTRIES = 80
 
 
-def _xfel(base):
-    p = XrayRunSet(n_cells=1, n_trains=N_TRAINS, occupancies=OCCUPANCIES, n_broken=0,
-                   lost_trains={}, seed=2022)
+def _xfel(base, p=None):
+    """Write the XFEL run set ``p`` (default: every occupancy), run it on 1 and 2 ranks."""
+    p = p or XrayRunSet(n_cells=1, n_trains=N_TRAINS, occupancies=OCCUPANCIES, n_broken=0,
+                        lost_trains={}, seed=2022)
     write_xray_runs(base / "raw", p)
     outs = run_jobs(base, {1: 512, 2: 40},
                     lambda conf, out, chunk: write_scan_config(conf, base / "raw", out, p,
@@ -107,17 +108,9 @@ def shoulders(tmp_path_factory):
     """XFEL layout at a mean photon number of 0.1 with noise 10-15 ADU, 3000 trains (~270
     entries in the 1-photon peak): peaks 4-7.3 1-photon widths apart, the closest ones found
     only as a shoulder of the noise peak."""
-    base = tmp_path_factory.mktemp("xray_shoulders")
     p = XrayRunSet(n_cells=1, n_trains=3000, occupancies=(0.1,), noise=(10.0, 15.0),
                    n_broken=0, lost_trains={}, seed=2024)
-    write_xray_runs(base / "raw", p)
-    outs = run_jobs(base, {1: 512, 2: 40},
-                    lambda conf, out, chunk: write_scan_config(conf, base / "raw", out, p,
-                                                               chunk_frames=chunk),
-                    "xray/xray_AGIPD03_xfel.h5", timeout=180)
-    with h5py.File(base / "raw" / "truth.h5", "r") as t:
-        truth = {k: t[f"module_03/{k}"][()] for k in ("noise", "spacing", "n_photons")}
-        truth["sigma_fano"] = t["module_03"].attrs["sigma_fano"]
+    outs, truth = _xfel(tmp_path_factory.mktemp("xray_shoulders"), p)
     return {n: load_datasets(path, DATASETS) for n, (path, _) in outs.items()}, truth
 
 

@@ -13,7 +13,7 @@ none. Histograms drawn from known Gaussians (unit bins, Poisson counts per bin),
 import numpy as np
 from scipy.special import ndtr
 
-from calib_mpi.process.xray import find_peaks
+from calib_mpi.process.xray_peaks import box_sums, cumulative_counts, find_peaks
 from calib_mpi.process.xray_shoulder import find_shoulder
 
 N_BINS = 512
@@ -32,26 +32,13 @@ def draw(rng, n_rows, peaks):
     return rng.poisson(expected)
 
 
-def cumulative(counts):
-    cum = np.zeros((counts.shape[0], N_BINS + 1), np.int64)
-    np.cumsum(counts, axis=1, out=cum[:, 1:])
-    return cum
-
-
-def box_sums(cum):
-    h = SMOOTH_HALF
-    pad = np.concatenate([np.zeros((cum.shape[0], h), np.int64), cum,
-                          np.repeat(cum[:, -1:], h, axis=1)], axis=1)
-    return pad[:, 2 * h + 1:] - pad[:, :N_BINS]
-
-
 def test_shoulder_found_where_maxima_miss_it():
     rng = np.random.default_rng(5)
     n_rows, sigma = 400, 12.0
     mu1 = 100.0 + 4.3 * np.hypot(sigma, 3.0)
     counts = draw(rng, n_rows, [(3000, 100.0, sigma), (300, mu1, np.hypot(sigma, 3.0))])
-    cum = cumulative(counts)
-    peaks = find_peaks(box_sums(cum), SMOOTH_HALF, 10.0, 3.5, 30.0)
+    cum = cumulative_counts(counts)
+    peaks = find_peaks(box_sums(cum, SMOOTH_HALF), SMOOTH_HALF, 10.0, 3.5, 30.0)
     assert np.all(np.abs(peaks[:, 0] - 100) <= 3)
     missed = peaks[:, 1] < 0
     assert missed.mean() > 0.1, missed.mean()
@@ -68,7 +55,7 @@ def test_no_shoulder_on_noise_or_merged_peaks():
         "merged": [(3000, 150.0, sigma), (600, 150.0 + 2.2 * sigma, sigma)],
     }
     for name, peaks in cases.items():
-        cum = cumulative(draw(rng, n_rows, peaks))
-        p0 = np.argmax(box_sums(cum), axis=1)
+        cum = cumulative_counts(draw(rng, n_rows, peaks))
+        p0 = np.argmax(box_sums(cum, SMOOTH_HALF), axis=1)
         found = find_shoulder(cum, p0, 10.0) >= 0
         assert not found.any(), (name, found.sum())

@@ -498,17 +498,22 @@ def process_scan(
         sc.fail(where, value)
     sc.code[sc.code == -1] = 0
 
-    gain_level = _stage_medians(sc.d, stage_of)
+    return _results(fits, _stage_medians(sc.d, stage_of), sc.code, p,
+                    stage_bounds=stage_bounds, fit_bounds=np.stack([fit_lo, fit_hi], axis=1),
+                    saturation_start=np.where(n_switch >= 2, sat, -1), n_fluctuations=n_fluct)
+
+
+def _results(fits: dict[str, np.ndarray], gain_level: np.ndarray, code: np.ndarray,
+             p: DrscsParams, **steps: np.ndarray) -> dict[str, np.ndarray]:
+    """The output of :func:`process_scan` from the stage fits, gain levels (3, P), error codes
+    and the step-valued arrays ``steps`` (made int32); thresholds and bad pixels derived."""
     return {
         **fits,
         "gain_level": gain_level,
         "threshold": 0.5 * (gain_level[:-1] + gain_level[1:]),
-        "stage_bounds": stage_bounds.astype(np.int32),
-        "fit_bounds": np.stack([fit_lo, fit_hi], axis=1).astype(np.int32),
-        "saturation_start": np.where(n_switch >= 2, sat, -1).astype(np.int32),
-        "n_fluctuations": n_fluct,
-        "error_code": sc.code,
-        "bad_pixels": _bad_pixels(sc.code, fits, p),
+        **{k: v.astype(np.int32) for k, v in steps.items()},
+        "error_code": code,
+        "bad_pixels": _bad_pixels(code, fits, p),
     }
 
 
@@ -545,19 +550,10 @@ def _process_compiled(fast, analog: np.ndarray, digital: np.ndarray, valid: np.n
     fits = {"slope": fout[:, 0:3].T.copy(), "offset": fout[:, 3:6].T.copy(),
             "residual": fout[:, 6:9].T.copy(),
             "n_points": iout[:, 12:15].T.astype(np.int32)}
-    gain_level = fout[:, 9:12].T.copy()
-    code = iout[:, 17].astype(np.int16)
-    return {
-        **fits,
-        "gain_level": gain_level,
-        "threshold": 0.5 * (gain_level[:-1] + gain_level[1:]),
-        "stage_bounds": iout[:, 0:6].reshape(n_series, 3, 2).transpose(1, 2, 0).astype(np.int32),
-        "fit_bounds": iout[:, 6:12].reshape(n_series, 3, 2).transpose(1, 2, 0).astype(np.int32),
-        "saturation_start": iout[:, 15].astype(np.int32),
-        "n_fluctuations": iout[:, 16].astype(np.int32),
-        "error_code": code,
-        "bad_pixels": _bad_pixels(code, fits, p),
-    }
+    return _results(fits, fout[:, 9:12].T.copy(), iout[:, 17].astype(np.int16), p,
+                    stage_bounds=iout[:, 0:6].reshape(n_series, 3, 2).transpose(1, 2, 0),
+                    fit_bounds=iout[:, 6:12].reshape(n_series, 3, 2).transpose(1, 2, 0),
+                    saturation_start=iout[:, 15], n_fluctuations=iout[:, 16])
 
 
 def _bad_pixels(code: np.ndarray, fits: dict[str, np.ndarray], p: DrscsParams) -> np.ndarray:

@@ -40,7 +40,7 @@ import numpy as np
 from calib_mpi.badpixels import BAD_PIXEL_DTYPE, BadPixels
 from calib_mpi.process import _jit
 from calib_mpi.process.kernels import group_by_cell
-from calib_mpi.process.xray_peaks import find_peaks
+from calib_mpi.process.xray_peaks import box_sums, cumulative_counts, find_peaks
 from calib_mpi.process.xray_refine import refine
 from calib_mpi.process.xray_shoulder import find_shoulder
 
@@ -400,7 +400,7 @@ class XrayAccumulator:
         - ``photon_spacing`` (1,) float32, ADU per photon, ``mu1 - mu0``;
         - ``spacing_error`` (1,) float32, ADU, standard error of ``photon_spacing`` (both peaks'
           errors and the uncertainty of the neighbouring peak's tail subtracted from each
-          window, see ``_add_neighbour_errors``);
+          window, see ``xray_refine.refine``);
         - ``peak_position`` (2,) float32, ADU (absolute) of the 0- and 1-photon peaks;
         - ``position_error`` (2,) float32, ADU, standard errors of ``peak_position``;
         - ``peak_stddev`` (2,) float32, ADU, Gaussian sigma of the peaks (>= 0), corrected for
@@ -476,19 +476,13 @@ class XrayAccumulator:
         """
         n_rows, n_bins = counts.shape
         rows = np.arange(n_rows)
-        cum = np.zeros((n_rows, n_bins + 1), np.int64)
-        np.cumsum(counts, axis=1, out=cum[:, 1:])
+        cum = cumulative_counts(counts)
         n_in = cum[:, -1].copy()
 
         # Peak finding on box sums of `smooth` bins (zero padded, exact integers).
         j = np.arange(n_bins)
         half = self.smooth // 2
-        pad = np.empty((n_rows, n_bins + 2 * half + 1), np.int64)
-        pad[:, :half] = 0
-        pad[:, half : half + n_bins + 1] = cum
-        pad[:, half + n_bins + 1 :] = cum[:, -1:]
-        hs = pad[:, 2 * half + 1 :] - pad[:, :n_bins]
-        del pad
+        hs = box_sums(cum, half)
         peaks = find_peaks(hs, half, self.min_spacing, self.peak_n_sigma, self.min_peak_counts)
         flank = np.flatnonzero((peaks[:, 0] >= 0) & (peaks[:, 1] < 0))
         if flank.size:

@@ -11,7 +11,26 @@ import numpy as np
 
 from calib_mpi.process import _jit
 
-__all__ = ["find_peaks"]
+__all__ = ["box_sums", "cumulative_counts", "find_peaks"]
+
+
+def cumulative_counts(counts: np.ndarray) -> np.ndarray:
+    """(rows, n_bins + 1) int64 entries below each bin edge of histograms (rows, n_bins):
+    ``cum[:, i]`` = entries in bins ``< i``, ``cum[:, -1]`` = all."""
+    cum = np.zeros((counts.shape[0], counts.shape[1] + 1), np.int64)
+    np.cumsum(counts, axis=1, out=cum[:, 1:])
+    return cum
+
+
+def box_sums(cum: np.ndarray, half: int) -> np.ndarray:
+    """(rows, n_bins) int64 sums of the ``2 half + 1`` bins centred on each bin (the histogram
+    zero padded), exact, from cumulative counts ``cum`` (rows, n_bins + 1)."""
+    n_rows, n_bins = cum.shape[0], cum.shape[1] - 1
+    pad = np.empty((n_rows, n_bins + 2 * half + 1), np.int64)
+    pad[:, :half] = 0
+    pad[:, half : half + n_bins + 1] = cum
+    pad[:, half + n_bins + 1 :] = cum[:, -1:]
+    return pad[:, 2 * half + 1 :] - pad[:, :n_bins]
 
 
 def find_peaks(
